@@ -1,0 +1,48 @@
+"""Netlink errors with names: errno is translated once, here, so callers never see pyroute2's exceptions.
+
+    NetlinkError               any failed kernel operation (errno kept)
+    ├── NamespaceNotFound      the namespace path does not exist or is not a network namespace
+    ├── InterfaceNotFound      ENODEV, or no link by that name
+    ├── AlreadyExists          EEXIST
+    └── AddressNotAvailable    EADDRNOTAVAIL
+"""
+
+from __future__ import annotations
+
+import errno as E
+
+
+class NetlinkError(Exception):
+    def __init__(self, msg: str, errno: int = 0) -> None:
+        super().__init__(msg)
+        self.errno = errno
+
+
+class NamespaceNotFound(NetlinkError):
+    pass
+
+
+class InterfaceNotFound(NetlinkError):
+    pass
+
+
+class AlreadyExists(NetlinkError):
+    pass
+
+
+class AddressNotAvailable(NetlinkError):
+    pass
+
+
+_BY_ERRNO: dict[int, type[NetlinkError]] = {
+    E.ENODEV: InterfaceNotFound,
+    E.EEXIST: AlreadyExists,
+    E.EADDRNOTAVAIL: AddressNotAvailable,
+}
+
+
+def translate(exc: BaseException, what: str) -> NetlinkError:
+    """pyroute2's NetlinkError / OSError -> ours, keeping errno."""
+    code = getattr(exc, "code", None) or getattr(exc, "errno", None) or 0
+    cls = _BY_ERRNO.get(code, NetlinkError)
+    return cls(f"{what}: {exc}", code)

@@ -1,0 +1,1 @@
+"""Test support shared by every tier: namespaces, processes and clean-up checks."""
