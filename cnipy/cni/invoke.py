@@ -51,9 +51,8 @@ def run(plugin_type: str, command: str, req: Request, stdin: bytes | None = None
     data = req.stdin if stdin is None else stdin
     name = own_plugin_name(executable)
     if name is not None and env.get("CNIPY_DELEGATE_EXEC") != "1":
-        from cnipy.plugins import registry  # local import: only delegating plugins pay for it
-
         from cnipy.cni.skel import execute
+        from cnipy.plugins import registry  # local import: only delegating plugins pay for it
 
         outcome = execute(registry.load(name), env, data)
         out, code, err = outcome.stdout, outcome.exit_code, outcome.stderr

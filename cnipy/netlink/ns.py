@@ -40,7 +40,7 @@ def open_netns(netns: str) -> int:
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError as exc:
-        raise NamespaceNotFound(f"network namespace {path} not found", exc.errno) from exc
+        raise NamespaceNotFound(f"network namespace {path} not found", exc.errno or 0) from exc
     except OSError as exc:
         raise NetlinkError(f"opening {path}: {exc.strerror}", exc.errno or 0) from exc
 
@@ -57,7 +57,7 @@ def entered(netns: str | None) -> Iterator[None]:
         return
     target = open_netns(netns)
     try:
-        own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             try:
                 _setns(target)

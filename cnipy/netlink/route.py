@@ -45,7 +45,6 @@ class _Guard:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
         if ev is not None and isinstance(ev, KernelFailure) and not isinstance(ev, NetlinkError):
             raise translate(ev, self.what) from ev
-        return False

@@ -9,7 +9,7 @@ import os
 import secrets
 import subprocess
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 NETNS_DIR = "/run/netns"
@@ -51,10 +51,8 @@ def delete(ns: Netns) -> None:
     # Kill anything still running inside, then remove the namespace (veth peers go with it).
     pids = run(["ip", "netns", "pids", ns.name], check=False).stdout.split()
     for pid in pids:
-        try:
+        with suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), 9)
-        except (ProcessLookupError, ValueError):
-            pass
     run(["ip", "netns", "delete", ns.name], check=False)
 
 

@@ -1,0 +1,155 @@
+"""Typed nftables objects queued into one Transaction and rendered as ``nft -f`` text (knftables' shape).
+
+All objects live in one table, named by the Transaction. Each object is validated when it is queued, so a
+malformed name or rule fails at the call site rather than inside ``nft``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$")
+
+
+class Verb(StrEnum):
+    ADD = "add"
+    DELETE = "delete"
+    FLUSH = "flush"
+
+
+@dataclass(frozen=True)
+class Table:
+    pass
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str
+    type: str | None = None  # "nat" / "filter" for base chains
+    hook: str | None = None
+    priority: str | None = None
+
+    def spec(self) -> str:
+        if self.type is None:
+            return ""
+        return f" {{ type {self.type} hook {self.hook} priority {self.priority}; policy accept; }}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    chain: str
+    rule: str
+
+
+@dataclass(frozen=True)
+class Set:
+    """A set, or a map when ``is_map``; ``type`` is the full "type ..." or "typeof ..." clause."""
+
+    name: str
+    type: str
+    flags: tuple[str, ...] = ()
+    is_map: bool = False
+
+    def spec(self) -> str:
+        flags = f" flags {','.join(self.flags)} ;" if self.flags else ""
+        return f" {{ {self.type} ;{flags} }}"
+
+
+@dataclass(frozen=True)
+class Element:
+    set: str
+    key: str
+    value: str | None = None  # maps only
+
+    def text(self) -> str:
+        return self.key if self.value is None else f"{self.key} : {self.value}"
+
+
+Object = Table | Chain | Rule | Set | Element
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise ValueError(f"invalid nftables name {name!r}")
+
+
+def validate(verb: Verb, obj: Object) -> None:
+    match obj:
+        case Chain() | Set():
+            _check_name(obj.name)
+            if isinstance(obj, Chain) and (obj.type is None) != (obj.hook is None):
+                raise ValueError(f"chain {obj.name}: base chains need both type and hook")
+        case Rule():
+            _check_name(obj.chain)
+            if verb is not Verb.ADD or not obj.rule or "\n" in obj.rule:
+                raise ValueError(f"rule {obj.rule!r}: only single-line rules can be added")
+        case Element():
+            _check_name(obj.set)
+            if not obj.key or "\n" in obj.key or (obj.value is not None and "\n" in obj.value):
+                raise ValueError(f"element {obj.key!r}: empty or multi-line")
+
+
+class Transaction:
+    """Queued operations on one table, applied all-or-nothing."""
+
+    def __init__(self, family: str, table: str) -> None:
+        self.family = family
+        self.table = table
+        self.ops: list[tuple[Verb, Object]] = []
+
+    def add(self, obj: Object) -> None:
+        validate(Verb.ADD, obj)
+        self.ops.append((Verb.ADD, obj))
+
+    def delete(self, obj: Object) -> None:
+        validate(Verb.DELETE, obj)
+        self.ops.append((Verb.DELETE, obj))
+
+    def flush(self, obj: Chain | Set | Table) -> None:
+        validate(Verb.FLUSH, obj)
+        self.ops.append((Verb.FLUSH, obj))
+
+    def add_elements(self, set_name: str, items: Iterable[tuple[str, str | None]]) -> None:
+        for key, value in items:
+            self.add(Element(set_name, key, value))
+
+    def delete_elements(self, set_name: str, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.delete(Element(set_name, key))
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def render(self) -> str:
+        return "".join(self._lines())
+
+    def _lines(self) -> Iterator[str]:
+        where = f"{self.family} {self.table}"
+        i, ops = 0, self.ops
+        while i < len(ops):
+            verb, obj = ops[i]
+            if isinstance(obj, Element):
+                # Batch consecutive elements of one set and verb into one command: far faster to parse.
+                j = i
+                while j < len(ops) and ops[j][0] is verb and isinstance(ops[j][1], Element) \
+                        and ops[j][1].set == obj.set:  # type: ignore[union-attr]
+                    j += 1
+                body = ", ".join(o.text() if verb is Verb.ADD else o.key  # type: ignore[union-attr]
+                                 for _, o in ops[i:j])
+                yield f"{verb} element {where} {obj.set} {{ {body} }}\n"
+                i = j
+                continue
+            match obj:
+                case Table():
+                    yield f"{verb} table {where}\n"
+                case Chain():
+                    yield f"{verb} chain {where} {obj.name}{obj.spec() if verb is Verb.ADD else ''}\n"
+                case Rule():
+                    yield f"add rule {where} {obj.chain} {obj.rule}\n"
+                case Set():
+                    kind = "map" if obj.is_map else "set"
+                    yield f"{verb} {kind} {where} {obj.name}{obj.spec() if verb is Verb.ADD else ''}\n"
+            i += 1

@@ -1,0 +1,135 @@
+"""The plan: what every service port should do on this node, independent of the back end.
+
+Endpoint choice follows kube-proxy: ready endpoints, else serving-and-terminating ones (the terminating-endpoint
+fallback); Local traffic policies narrow to endpoints on this node. Both renderers consume only this.
+IPv4 only: IPv6 addresses in the model are ignored here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from cnipy.proxy.model import ClusterState, Endpoint, EndpointSlice, Protocol, Service, ServicePort, TrafficPolicy
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_name: str
+    cluster_cidrs: tuple[IPv4Network, ...] = ()
+    masquerade_all: bool = False
+    node_port_addresses: tuple[IPv4Network, ...] = ()  # empty: every local address
+    localhost_nodeports: bool = False
+    masquerade_mark: int = 0x4000
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    ip: IPv4Address
+    port: int
+    local: bool = field(default=False, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class PortPlan:
+    """One service port. ``*_backends`` are sorted, so slot i of a numgen map is backend i."""
+
+    name: str  # kube-proxy's ServicePortName: "ns/name:port" (":port" omitted when the port has no name)
+    protocol: Protocol
+    port: int
+    cluster_ips: tuple[IPv4Address, ...]
+    node_port: int | None
+    external_ips: tuple[IPv4Address, ...]  # spec.externalIPs
+    load_balancer_ips: tuple[IPv4Address, ...]
+    source_ranges: tuple[IPv4Network, ...]
+    affinity_timeout: int | None
+    internal_local: bool
+    external_local: bool
+    all_backends: tuple[Backend, ...]  # every usable endpoint (ready, else serving+terminating)
+    local_backends: tuple[Backend, ...]  # usable endpoints on this node
+    health_check_node_port: int | None = None
+
+    @property
+    def internal_backends(self) -> tuple[Backend, ...]:
+        return self.local_backends if self.internal_local else self.all_backends
+
+    @property
+    def external_backends(self) -> tuple[Backend, ...]:
+        return self.local_backends if self.external_local else self.all_backends
+
+    @property
+    def has_external(self) -> bool:
+        return self.node_port is not None or bool(self.external_ips or self.load_balancer_ips)
+
+
+@dataclass(frozen=True)
+class Plan:
+    config: NodeConfig
+    ports: tuple[PortPlan, ...]
+
+    def by_name(self) -> dict[str, PortPlan]:
+        return {p.name: p for p in self.ports}
+
+
+def port_name(svc: Service, sp: ServicePort) -> str:
+    return f"{svc.key}:{sp.name}" if sp.name else str(svc.key)
+
+
+def _usable(candidates: Sequence[tuple[Endpoint, Backend]]) -> tuple[Backend, ...]:
+    ready = {b for e, b in candidates if e.ready}
+    if not ready:  # terminating-endpoint fallback: still serving, but going away
+        ready = {b for e, b in candidates if e.serving and e.terminating}
+    return tuple(sorted(ready))
+
+
+def _endpoints_for(sp: ServicePort, slices: Iterable[EndpointSlice], node: str) -> list[tuple[Endpoint, Backend]]:
+    out = []
+    for sl in slices:
+        if sl.address_type != "IPv4":
+            continue
+        port = next((p.port for p in sl.ports if p.name == sp.name and p.protocol is sp.protocol), None)
+        if port is None:
+            continue
+        for ep in sl.endpoints:
+            ip = ep.addresses[0]
+            if isinstance(ip, IPv4Address):
+                out.append((ep, Backend(ip, port, local=ep.node_name == node)))
+    return out
+
+
+def _v4(addrs: Iterable[object]) -> tuple[IPv4Address, ...]:
+    return tuple(a for a in addrs if isinstance(a, IPv4Address))
+
+
+def build_plan(state: ClusterState, config: NodeConfig) -> Plan:
+    ports = []
+    for key, svc in sorted(state.services.items()):
+        cluster_ips = _v4(svc.cluster_ips)
+        if not cluster_ips:
+            continue
+        slices = state.slices.get(key, ())
+        for sp in svc.ports:
+            cands = _endpoints_for(sp, slices, config.node_name)
+            local = [(e, b) for e, b in cands if b.local]
+            ports.append(PortPlan(
+                name=port_name(svc, sp),
+                protocol=sp.protocol,
+                port=sp.port,
+                cluster_ips=cluster_ips,
+                node_port=sp.node_port,
+                external_ips=_v4(svc.external_ips),
+                load_balancer_ips=_v4(svc.load_balancer_ips),
+                source_ranges=tuple(n for n in svc.load_balancer_source_ranges if isinstance(n, IPv4Network)),
+                affinity_timeout=svc.affinity_timeout,
+                internal_local=svc.internal_traffic_policy is TrafficPolicy.LOCAL,
+                external_local=svc.external_traffic_policy is TrafficPolicy.LOCAL and svc.is_external,
+                all_backends=_usable(cands),
+                local_backends=_usable(local),
+                health_check_node_port=svc.health_check_node_port
+                if svc.external_traffic_policy is TrafficPolicy.LOCAL else None,
+            ))
+    return Plan(config, tuple(ports))
