@@ -31,10 +31,14 @@ def find(plugin_type: str, path: tuple[str, ...]) -> Path:
 
 
 def own_plugin_name(executable: Path) -> str | None:
-    """The plugin name when `executable` is one of cnipy's launchers (they carry a marker line)."""
+    """The plugin name when `executable` is one of cnipy's launchers (they carry a marker line).
+
+    Both kinds carry it in their first 4 KiB: the sh launchers in plugins/ as a comment, the compiled fronts
+    (.venv/libexec/cni, see front.c) in an ELF note.
+    """
     try:
         with open(executable, "rb") as fh:
-            head = fh.read(512)
+            head = fh.read(4096)
     except OSError:
         return None
     for line in head.splitlines():
@@ -75,7 +79,8 @@ def _error_from(plugin_type: str, out: bytes, code: int) -> CniError:
         err = decode_json(out, f"{plugin_type} error")
     except DecodeFailure:
         return DelegateError(f"{plugin_type} failed with exit code {code}", out[:200].decode("utf-8", "replace"))
-    if isinstance(err, dict) and isinstance(err.get("code"), int) and isinstance(err.get("msg"), str):
+    if isinstance(err, dict) and type(err.get("code")) is int and err["code"] > 0 \
+            and isinstance(err.get("msg"), str):
         details = err.get("details")
         return CniError(err["msg"], details if isinstance(details, str) else "", code=err["code"])
     return DelegateError(f"{plugin_type} failed with exit code {code}", str(err)[:200])

@@ -95,11 +95,12 @@ def decode_json(data: bytes, what: str = "network configuration") -> Any:
 
 
 def config_version(conf: Mapping[str, Any]) -> str:
-    """The version this call speaks: negotiated from `cniVersions` when present, else `cniVersion`."""
+    """The version this call speaks: `cniVersion` when the runtime set one (it expects its result in that
+    version), else the highest we share with a conflist-style `cniVersions`, else 0.1.0 (the spec's default)."""
     offered = conf.get("cniVersions")
-    if offered is not None:
-        if not isinstance(offered, list):
-            raise InvalidConfig("cniVersions must be a list of strings")
+    if offered is not None and not isinstance(offered, list):
+        raise InvalidConfig("cniVersions must be a list of strings")
+    if offered is not None and conf.get("cniVersion") in (None, ""):
         return V.negotiate(offered)
     v = conf.get("cniVersion", "")
     if not isinstance(v, str):

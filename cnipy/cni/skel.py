@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -103,12 +102,31 @@ def _log_bug(env: Mapping[str, str]) -> None:
     path = env.get("CNIPY_LOG_FILE")
     if not path:
         return
+    import traceback  # only on the bug path: it costs several ms of start-up on every call
+
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "a") as fh:
             fh.write(traceback.format_exc())
     except OSError:
         pass
+
+
+class _Unloadable:
+    """Stands in for a plugin whose module failed to import: every verb reports that, as a CNI error."""
+
+    def __init__(self, name: str, exc: BaseException) -> None:
+        self.ABOUT = f"cnipy plugin {name!r} (not loadable: {type(exc).__name__})"
+        self._error = InternalError(f"cnipy plugin {name!r} can not be loaded", f"{type(exc).__name__}: {exc}"[:300])
+
+    def _fail(self, req: Request) -> Any:
+        raise self._error
+
+    cmd_add = cmd_del = cmd_check = cmd_gc = cmd_status = _fail
+
+
+def unloadable(name: str, exc: BaseException) -> Plugin:
+    return _Unloadable(name, exc)
 
 
 def read_stdin() -> bytes:

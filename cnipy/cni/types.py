@@ -78,12 +78,15 @@ class DNS:
             return cls()
         if not isinstance(raw, dict):
             raise DecodeFailure("dns must be an object")
-        return cls(
-            nameservers=_strings(raw.get("nameservers"), "dns.nameservers"),
-            domain=_string(raw.get("domain", ""), "dns.domain"),
-            search=_strings(raw.get("search"), "dns.search"),
-            options=_strings(raw.get("options"), "dns.options"),
-        )
+        try:
+            return cls(
+                nameservers=_strings(raw.get("nameservers"), "dns.nameservers"),
+                domain=_string(raw.get("domain", ""), "dns.domain"),
+                search=_strings(raw.get("search"), "dns.search"),
+                options=_strings(raw.get("options"), "dns.options"),
+            )
+        except TypeError as exc:
+            raise DecodeFailure(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ class Result:
         try:
             interfaces = tuple(_iface_from(i) for i in _list(raw.get("interfaces"), "interfaces"))
             ips = tuple(_ip_from(i, len(interfaces)) for i in _list(raw.get("ips"), "ips"))
-            routes = tuple(_route_from(r) for r in _list(raw.get("routes"), "routes"))
+            routes = tuple(route_from_json(r) for r in _list(raw.get("routes"), "routes"))
         except (ValueError, TypeError, AttributeError) as exc:
             raise DecodeFailure("malformed CNI result", str(exc)[:200]) from exc
         return cls(v, interfaces, ips, routes, DNS.from_json(raw.get("dns")))
@@ -175,9 +178,12 @@ class Result:
                 if not isinstance(block, dict):
                     raise TypeError(f"{key} must be an object")
                 gw = block.get("gateway")
-                ips.append(IPConfig(ipaddress.ip_interface(_string(block.get("ip"), f"{key}.ip")),
-                                    ipaddress.ip_address(gw) if gw else None))
-                routes.extend(_route_from(r) for r in _list(block.get("routes"), f"{key}.routes"))
+                addr = ipaddress.ip_interface(_string(block.get("ip"), f"{key}.ip"))
+                if addr.version != (4 if key == "ip4" else 6):
+                    raise ValueError(f"{key}.ip {addr} is of the wrong family")
+                gateway = ipaddress.ip_address(_string(gw, f"{key}.gateway")) if gw not in (None, "") else None
+                ips.append(IPConfig(addr, gateway))
+                routes.extend(route_from_json(r) for r in _list(block.get("routes"), f"{key}.routes"))
         except (ValueError, TypeError) as exc:
             raise DecodeFailure("malformed CNI result", str(exc)[:200]) from exc
         return cls(v, (), tuple(ips), tuple(routes), DNS.from_json(raw.get("dns")))
@@ -238,10 +244,11 @@ def _ip_from(raw: Any, n_interfaces: int) -> IPConfig:
     if idx is not None and (not isinstance(idx, int) or isinstance(idx, bool) or idx < 0
                             or (n_interfaces and idx >= n_interfaces)):
         raise ValueError(f"ips.interface {idx!r} does not name an interface")
-    return IPConfig(addr, ipaddress.ip_address(_string(gw, "ips.gateway")) if gw else None, idx)
+    return IPConfig(addr, ipaddress.ip_address(_string(gw, "ips.gateway")) if gw not in (None, "") else None, idx)
 
 
-def _route_from(raw: Any) -> Route:
+def route_from_json(raw: Any) -> Route:
+    """One route object of any version; raises TypeError or ValueError when it is malformed."""
     if not isinstance(raw, dict):
         raise TypeError("route must be an object")
     gw = raw.get("gw")
@@ -249,7 +256,7 @@ def _route_from(raw: Any) -> Route:
     scope = raw.get("scope")
     return Route(
         dst=ipaddress.ip_network(_string(raw.get("dst"), "route.dst"), strict=False),
-        gw=ipaddress.ip_address(_string(gw, "route.gw")) if gw else None,
+        gw=ipaddress.ip_address(_string(gw, "route.gw")) if gw not in (None, "") else None,
         mtu=_int(raw.get("mtu", 0), "route.mtu"),
         advmss=_int(raw.get("advmss", 0), "route.advmss"),
         priority=_int(raw.get("priority", 0), "route.priority"),

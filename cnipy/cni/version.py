@@ -30,7 +30,7 @@ def at_least(version: str, minimum: str) -> bool:
 def check_supported(version: str) -> str:
     """Return the version normalised ('' -> '0.1.0'), or raise IncompatibleVersion (code 1)."""
     v = version or "0.1.0"
-    parse(v)
+    # A malformed version is as incompatible as an unknown one (code 1), as the reference skel answers.
     if v not in SUPPORTED:
         raise IncompatibleVersion(
             f"incompatible CNI versions; config is {v!r}, plugin supports {list(SUPPORTED)}"[:300])

@@ -4,7 +4,11 @@
     ├── NamespaceNotFound      the namespace path does not exist or is not a network namespace
     ├── InterfaceNotFound      ENODEV, or no link by that name
     ├── AlreadyExists          EEXIST
-    └── AddressNotAvailable    EADDRNOTAVAIL
+    ├── AddressNotAvailable    EADDRNOTAVAIL
+    ├── NotFound               ENOENT / ESRCH: the address, route or neighbour to remove is not there
+    ├── NotSupported           EOPNOTSUPP: the kernel lacks the feature (e.g. bridge VLAN filtering)
+    ├── WrongKind              a link exists by that name but is of another kind (e.g. not a bridge)
+    └── InvalidName            a name (sysctl key, link name) we refuse to pass to the kernel
 """
 
 from __future__ import annotations
@@ -34,10 +38,29 @@ class AddressNotAvailable(NetlinkError):
     pass
 
 
+class NotFound(NetlinkError):
+    pass
+
+
+class NotSupported(NetlinkError):
+    pass
+
+
+class WrongKind(NetlinkError):
+    pass
+
+
+class InvalidName(NetlinkError):
+    pass
+
+
 _BY_ERRNO: dict[int, type[NetlinkError]] = {
     E.ENODEV: InterfaceNotFound,
     E.EEXIST: AlreadyExists,
     E.EADDRNOTAVAIL: AddressNotAvailable,
+    E.ENOENT: NotFound,
+    E.ESRCH: NotFound,
+    E.EOPNOTSUPP: NotSupported,
 }
 
 

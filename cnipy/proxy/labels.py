@@ -17,9 +17,8 @@ _DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 def validate_key(key: str) -> str:
     """A label key: optional DNS-subdomain prefix (<= 253) and '/', then a name (<= 63, [A-Za-z0-9-_.])."""
     prefix, slash, name = key.rpartition("/")
-    if slash:
-        if not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix):
-            raise SelectorError(f"label key {key!r}: prefix must be a DNS subdomain of at most 253 characters")
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        raise SelectorError(f"label key {key!r}: prefix must be a DNS subdomain of at most 253 characters")
     if not _NAME.match(name):
         raise SelectorError(f"label key {key!r}: name must be 1-63 characters of [A-Za-z0-9-_.], "
                             "alphanumeric at both ends")

@@ -68,7 +68,15 @@ class Element:
         return self.key if self.value is None else f"{self.key} : {self.value}"
 
 
-Object = Table | Chain | Rule | Set | Element
+@dataclass(frozen=True)
+class Elements:
+    """Many elements of one set in one command (what a full sync queues: 100k elements cost one object)."""
+
+    set: str
+    items: tuple[tuple[str, str | None], ...]
+
+
+Object = Table | Chain | Rule | Set | Element | Elements
 
 
 def _check_name(name: str) -> None:
@@ -90,6 +98,10 @@ def validate(verb: Verb, obj: Object) -> None:
             _check_name(obj.set)
             if not obj.key or "\n" in obj.key or (obj.value is not None and "\n" in obj.value):
                 raise ValueError(f"element {obj.key!r}: empty or multi-line")
+        case Elements():
+            _check_name(obj.set)
+            if any(not k or "\n" in k or (v is not None and "\n" in v) for k, v in obj.items):
+                raise ValueError(f"elements of {obj.set}: empty or multi-line key or value")
 
 
 class Transaction:
@@ -113,12 +125,14 @@ class Transaction:
         self.ops.append((Verb.FLUSH, obj))
 
     def add_elements(self, set_name: str, items: Iterable[tuple[str, str | None]]) -> None:
-        for key, value in items:
-            self.add(Element(set_name, key, value))
+        batch = tuple(items)
+        if batch:
+            self.add(Elements(set_name, batch))
 
     def delete_elements(self, set_name: str, keys: Iterable[str]) -> None:
-        for key in keys:
-            self.delete(Element(set_name, key))
+        batch = tuple((k, None) for k in keys)
+        if batch:
+            self.delete(Elements(set_name, batch))
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -132,17 +146,20 @@ class Transaction:
         while i < len(ops):
             verb, obj = ops[i]
             if isinstance(obj, Element):
-                # Batch consecutive elements of one set and verb into one command: far faster to parse.
+                # Batch consecutive single elements of one set and verb into one command.
                 j = i
+                items = []
                 while j < len(ops) and ops[j][0] is verb and isinstance(ops[j][1], Element) \
                         and ops[j][1].set == obj.set:  # type: ignore[union-attr]
+                    e = ops[j][1]
+                    items.append((e.key, e.value))  # type: ignore[union-attr]
                     j += 1
-                body = ", ".join(o.text() if verb is Verb.ADD else o.key  # type: ignore[union-attr]
-                                 for _, o in ops[i:j])
-                yield f"{verb} element {where} {obj.set} {{ {body} }}\n"
+                yield from _element_lines(verb, where, obj.set, items)
                 i = j
                 continue
             match obj:
+                case Elements():
+                    yield from _element_lines(verb, where, obj.set, obj.items)
                 case Table():
                     yield f"{verb} table {where}\n"
                 case Chain():
@@ -153,3 +170,17 @@ class Transaction:
                     kind = "map" if obj.is_map else "set"
                     yield f"{verb} {kind} {where} {obj.name}{obj.spec() if verb is Verb.ADD else ''}\n"
             i += 1
+
+
+_CHUNK = 20000  # elements per command: keeps lines a sane length without costing parse time
+
+
+def _element_lines(verb: Verb, where: str, set_name: str,
+                   items: list[tuple[str, str | None]] | tuple[tuple[str, str | None], ...]) -> Iterator[str]:
+    for start in range(0, len(items), _CHUNK):
+        chunk = items[start:start + _CHUNK]
+        if verb is Verb.ADD:
+            body = ", ".join(k if v is None else f"{k} : {v}" for k, v in chunk)
+        else:
+            body = ", ".join(k for k, _ in chunk)
+        yield f"{verb} element {where} {set_name} {{ {body} }}\n"

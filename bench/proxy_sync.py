@@ -1,0 +1,211 @@
+"""Service proxy benchmarks (not part of pytest). Run as root: .venv/bin/python bench/proxy_sync.py [--quick]
+
+1. Full sync of N services x 10 endpoints (N = 1k, 10k): our total time (plan + render + apply, as the daemon
+   does it) divided by a bare ``nft -f`` / ``iptables-restore --noflush`` of the same rule text, each in a
+   fresh network namespace. Target <= 1.2.
+2. One service changed among 10k (endpoints replaced): partial sync time, median of several. nftables target
+   <= 50 ms; the iptables figure is reported.
+3. Connection setup time to a ClusterIP with 10k services loaded divided by the same with 10 services
+   (median of many connects). nftables target <= 1.1; the iptables figure is reported.
+
+Everything runs inside namespaces this script creates and deletes; --quick uses 1k services only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cnipy.proxy.iptables.backend import IptablesProxier  # noqa: E402
+from cnipy.proxy.iptables.runner import Iptables  # noqa: E402
+from cnipy.proxy.model import ClusterState, ServiceKey  # noqa: E402
+from cnipy.proxy.nftables.backend import NftablesProxier  # noqa: E402
+from cnipy.proxy.nftables.runner import Nft  # noqa: E402
+from cnipy.proxy.plan import NodeConfig, build_plans  # noqa: E402
+from cnipy.proxy.sync import Proxier, gc_paused  # noqa: E402
+from tests.netns.proxy.topology import Topology, build  # noqa: E402
+from tests.support import netns as N  # noqa: E402
+from tests.unit.proxy.builders import endpoints, scale_state, service  # noqa: E402
+
+CONFIG = NodeConfig(node_name="bench-node")  # the scaled endpoints live on other nodes
+
+
+class Namespaces:
+    def __init__(self) -> None:
+        self.made: list[N.Netns] = []
+
+    def __call__(self) -> N.Netns:
+        ns = N.add(N.unique("cpx"))
+        self.made.append(ns)
+        return ns
+
+    def close(self) -> None:
+        for ns in reversed(self.made):
+            N.delete(ns)
+        self.made.clear()
+
+
+def with_target(st: ClusterState, ep_ip: str) -> ClusterState:
+    """Add the measured service, 10.95.0.1:80 -> ep_ip:8080 (an endpoint that exists)."""
+    s = service("target", "10.95.0.1")
+    return ClusterState(services={**st.services, s.key: s},
+                        slices={**st.slices, s.key: (endpoints(s, ep_ip, node="bench-node"),)})
+
+
+def proxier_for(mode: str, ns: N.Netns, captured: list[str]) -> Proxier:
+    prefix = ("ip", "netns", "exec", ns.name)
+    if mode == "nftables":
+        nft = Nft(prefix=prefix)
+        real = nft.run_text
+
+        def run_text(text: str) -> None:
+            captured.append(text)
+            real(text)
+        nft.run_text = run_text  # type: ignore[method-assign]
+        return NftablesProxier(nft, CONFIG)
+    ipt = Iptables("nft", prefix=prefix)
+    real_restore = ipt.restore
+
+    def restore(text: str) -> None:
+        captured.append(text)
+        real_restore(text)
+    ipt.restore = restore  # type: ignore[method-assign]
+    return IptablesProxier(ipt, CONFIG)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bare_load(mode: str, ns: N.Netns, text: str) -> float:
+    with tempfile.NamedTemporaryFile("w", suffix=".rules", delete=False) as f:
+        f.write(text)
+    argv = ["nft", "-f", f.name] if mode == "nftables" else ["iptables-restore", "-w", "5", "--noflush", f.name]
+    try:
+        return timed(lambda: subprocess.run(["ip", "netns", "exec", ns.name, *argv], check=True,
+                                            capture_output=True))
+    finally:
+        Path(f.name).unlink()
+
+
+def connect_latency(topo: Topology, count: int) -> float:
+    code = (
+        "import socket,time,statistics,sys\n"
+        "ts=[]\n"
+        f"for _ in range({count}):\n"
+        "    t=time.perf_counter()\n"
+        "    s=socket.create_connection(('10.95.0.1',80),timeout=2); s.recv(64); s.close()\n"
+        "    ts.append(time.perf_counter()-t)\n"
+        "print(statistics.median(ts))\n")
+    out = topo.client.run(sys.executable, "-c", code, timeout=300).stdout
+    return float(out)
+
+
+def full_sync(mode: str, n: int, make: Namespaces, samples: int) -> dict[str, Any]:
+    topo = build(make, 1)
+    try:
+        st = with_target(scale_state(n, 10), topo.endpoint_ips[0])
+        captured: list[str] = []
+        proxier = proxier_for(mode, topo.node, captured)
+        with gc_paused():
+            ours = timed(lambda: proxier.sync(build_plans(st, CONFIG), None))
+        text = "".join(captured)
+        bare = bare_load(mode, make(), text)
+        result: dict[str, Any] = {"mode": mode, "services": n, "ours_s": ours, "bare_s": bare,
+                                  "ratio": ours / bare, "text_bytes": len(text)}
+        result["connect_median_s"] = connect_latency(topo, samples)
+        return result | {"_topo": topo, "_proxier": proxier, "_state": st}
+    except BaseException:
+        topo.close()
+        raise
+
+
+def one_change(proxier: Proxier, st: ClusterState, rounds: int) -> list[float]:
+    times = []
+    for i in range(rounds):
+        key = ServiceKey("default", f"svc{(i * 997) % 1000}")
+        svc = st.services[key]
+        new_slice = endpoints(svc, *[f"10.250.{i % 250}.{j + 1}" for j in range(10)], node="other")
+        st = replace(st, slices={**st.slices, key: (new_slice,)})
+        with gc_paused():
+            times.append(timed(lambda st=st, key=key: _partial(proxier, st, key)))
+    return times
+
+
+_PLANS: dict[int, dict[ServiceKey, Any]] = {}
+
+
+def _partial(proxier: Proxier, st: ClusterState, key: ServiceKey) -> None:
+    # The daemon keeps every service's plan and re-plans only the changed one; do the same here.
+    plans = _PLANS.setdefault(id(proxier), {})
+    if not plans:
+        plans.update(build_plans(st, CONFIG))
+    plans.update(build_plans(st, CONFIG, {key}))
+    proxier.sync(plans, {key})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1k services only, fewer samples (about a minute)")
+    ap.add_argument("--modes", default="nftables,iptables")
+    ap.add_argument("--connects", type=int, default=500)
+    args = ap.parse_args()
+    sizes = [1000] if args.quick else [1000, 10000]
+    connects = 100 if args.quick else args.connects
+    results: list[dict[str, Any]] = []
+    make = Namespaces()
+    try:
+        for mode in args.modes.split(","):
+            base = full_sync(mode, 10, make, connects)
+            base_lat = base["connect_median_s"]
+            base["_topo"].close()
+            for n in sizes:
+                r = full_sync(mode, n, make, connects)
+                topo, proxier, st = r.pop("_topo"), r.pop("_proxier"), r.pop("_state")
+                try:
+                    r["connect_ratio_vs_10"] = r.pop("connect_median_s") / base_lat
+                    r["connect_10_median_s"] = base_lat
+                    if n == max(sizes):
+                        _PLANS.pop(id(proxier), None)
+                        _partial(proxier, st, ServiceKey("default", "svc0"))  # warm the plan cache
+                        rounds = 10 if mode == "nftables" else 3
+                        times = one_change(proxier, st, rounds)
+                        r["one_change_median_s"] = statistics.median(times)
+                        r["one_change_max_s"] = max(times)
+                finally:
+                    topo.close()
+                results.append(r)
+                print(json.dumps(r), flush=True)
+                make.close()
+    finally:
+        make.close()
+    print()
+    print(f"{'mode':9} {'services':>8} {'ours s':>8} {'bare s':>8} {'ratio':>6} {'1-change ms':>11} "
+          f"{'connect us (n / 10)':>20} {'ratio':>6}")
+    for r in results:
+        change = f"{r['one_change_median_s'] * 1000:.1f}" if "one_change_median_s" in r else "-"
+        conn = r["connect_ratio_vs_10"] * r["connect_10_median_s"] * 1e6
+        print(f"{r['mode']:9} {r['services']:>8} {r['ours_s']:>8.2f} {r['bare_s']:>8.2f} {r['ratio']:>6.2f} "
+              f"{change:>11} {conn:>9.0f} / {r['connect_10_median_s'] * 1e6:<8.0f} "
+              f"{r['connect_ratio_vs_10']:>6.2f}")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"proxy_sync-{int(time.time())}.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Text renderings of lab results: the connectivity matrix table, the summary, the failures, the status."""
+
+from __future__ import annotations
+
+from cnipy.lab.connectivity import (
+    CLIENT_NODE,
+    CLIENT_NODEPORT,
+    CROSS_NODE,
+    KINDS,
+    NOT_YET,
+    POD_CLUSTERIP,
+    SAME_NODE,
+    Matrix,
+    Outcome,
+)
+from cnipy.lab.model import Lab
+from cnipy.lab.status import LabStatus
+
+MAX_NODE_COLUMNS = 8
+
+
+def _cell(outcomes: list[Outcome]) -> str:
+    if not outcomes:
+        return "-"
+    if all(o.ok is None for o in outcomes):
+        return NOT_YET
+    passed = sum(1 for o in outcomes if o.ok)
+    total = sum(1 for o in outcomes if o.ok is not None)
+    return f"{passed}/{total} ok" if passed == total else f"{passed}/{total} FAIL"
+
+
+def matrix_table(lab: Lab, matrix: Matrix) -> str:
+    """Rows: where traffic starts (the pods of each node, the client); columns: where it goes."""
+    nodes = [n.name for n in lab.nodes]
+    shown = nodes if len(nodes) <= MAX_NODE_COLUMNS else []
+    header = ["from \\ to", *shown, "ClusterIP", "NodePort"]
+    rows: list[list[str]] = []
+    pod_kinds = (SAME_NODE, CROSS_NODE)
+    for src in shown:
+        row = [f"pods on {src}"]
+        for dst in shown:
+            row.append(_cell([o for o in matrix.outcomes if o.probe.kind in pod_kinds
+                              and o.probe.src.node == src and o.probe.dst.node == dst]))
+        row.append(_cell([o for o in matrix.by_kind(POD_CLUSTERIP) if o.probe.src.node == src]))
+        row.append("-")
+        rows.append(row)
+    if shown:
+        client = ["client (outside)"]
+        client += [_cell([o for o in matrix.by_kind(CLIENT_NODE) if o.probe.dst.node == dst]) for dst in shown]
+        client += ["-", _cell(list(matrix.by_kind(CLIENT_NODEPORT)))]
+        rows.append(client)
+    lines = _grid([header, *rows]) if shown else []
+    if shown:
+        lines.append("  (a 'pods on' row reaches the pods of the node in the column; the client reaches the node)")
+    lines.append("")
+    lines += summary(matrix)
+    return "\n".join(lines)
+
+
+def summary(matrix: Matrix) -> list[str]:
+    lines = []
+    for kind in KINDS:
+        outcomes = list(matrix.by_kind(kind))
+        note = ""
+        if kind == CROSS_NODE:
+            routed = sum(1 for o in outcomes if o.probe.via_router)
+            note = f"  ({routed} through the router)" if routed else ""
+        elif kind == CLIENT_NODE:
+            note = "  (client namespace to each node's underlay address)"
+        lines.append(f"  {kind:<26} {_cell(outcomes)}{note}")
+    return lines
+
+
+def failures(matrix: Matrix, limit: int = 20) -> list[str]:
+    lines = [f"  FAIL {o.probe.kind}: {o.probe.src.label} ({o.probe.src.ip}) -> {o.probe.dst.label} "
+             f"({o.probe.dst.ip}): {o.detail}" for o in matrix.failures[:limit]]
+    if len(matrix.failures) > limit:
+        lines.append(f"  ... and {len(matrix.failures) - limit} more failures")
+    return lines
+
+
+def status_text(st: LabStatus) -> str:
+    if st.lab is None:
+        if st.phase == "orphaned":
+            return (f"lab {st.name}: no recorded state, but {len(st.stray)} namespaces with its prefix exist "
+                    f"(an interrupted run?); `cnipy lab down --name {st.name}` removes them")
+        return f"lab {st.name}: not up"
+    lab = st.lab
+    took = f" in {st.seconds:.1f}s" if st.seconds is not None else ""
+    lines = [f"lab {lab.name}: {st.phase}{took}; {lab.spec.describe()}", f"state: {lab.state_dir}"]
+    rows = [["node", "netns", "underlay", "segment", "pod CIDR", "pods"]]
+    for node in lab.nodes:
+        pods = [p for p in st.pods if p.node == node.name]
+        shown = ", ".join(f"{p.name}={p.ip or '?'}{'' if p.present else ' (missing)'}" for p in pods)
+        rows.append([node.name, node.netns, str(node.underlay_ip), str(node.segment), str(node.pod_cidr),
+                     shown or "-"])
+    lines += _grid(rows)
+    hosts = [f"{h.name} {h.netns} {h.underlay_ip}" for h in lab.hosts()]
+    lines.append("hosts: " + "; ".join(hosts))
+    if st.daemons:
+        lines.append("daemons: " + ", ".join(f"{k} (pid {v})" for k, v in sorted(st.daemons.items())))
+    if st.missing:
+        lines.append(f"MISSING namespaces: {', '.join(st.missing)}")
+    if st.stray:
+        lines.append(f"stray namespaces: {', '.join(st.stray)}")
+    return "\n".join(lines)
+
+
+def _grid(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for k, row in enumerate(rows):
+        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if k == 0:
+            out.append("  " + "  ".join("-" * w for w in widths))
+    return out

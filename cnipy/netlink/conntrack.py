@@ -1,0 +1,43 @@
+"""Conntrack cleanup for the service proxy: delete stale UDP flows over netlink (no shell-out per entry).
+
+UDP has no connection end, so a client that keeps sending to a service keeps its conntrack entry, and with it
+the DNAT to an endpoint that may be gone. The proxy calls this when endpoints leave, or when a service that had
+none gets its first (entries created meanwhile point nowhere). Runs in the caller's network namespace.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from ipaddress import IPv4Address
+
+from cnipy.netlink.errors import NetlinkError
+
+
+def delete_udp_flows(*, reply_sources: Iterable[IPv4Address] = (),
+                     destinations: Iterable[tuple[IPv4Address, int]] = ()) -> int:
+    """Delete UDP entries whose reply comes from one of ``reply_sources`` (flows DNATed to a removed endpoint),
+    or whose original destination is one of ``destinations`` (ip, port). Returns how many were deleted."""
+    sources = {str(a) for a in reply_sources}
+    dests = {(str(a), p) for a, p in destinations}
+    if not sources and not dests:
+        return 0
+    from pyroute2 import NetlinkError as PyrouteNetlinkError
+    from pyroute2.conntrack import Conntrack, NFCTAttrTuple
+
+    deleted = 0
+    try:
+        with Conntrack() as ct:
+            stale = [e for e in ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=socket.IPPROTO_UDP))
+                     if e.tuple_reply.saddr in sources
+                     or (e.tuple_orig.daddr, e.tuple_orig.dport) in dests]
+            for entry in stale:
+                try:
+                    ct.delete(entry)
+                    deleted += 1
+                except PyrouteNetlinkError as exc:
+                    if exc.code != 2:  # ENOENT: it expired meanwhile, which is what we wanted
+                        raise
+    except PyrouteNetlinkError as exc:
+        raise NetlinkError(f"conntrack cleanup failed: {exc}", exc.code) from exc
+    return deleted

@@ -1,0 +1,166 @@
+"""cnipy-overlay: give pods addresses from this node's overlay subnet by delegating to a bridge plugin.
+
+The agent (`cnipy agent`) writes the subnet file; ADD reads it and delegates to `bridgeType` (cnipy-bridge) with
+`ipamType` (cnipy-host-local) on the node's subnet, with the overlay MTU and routes to the cluster network. Keys
+under `delegate` override what is derived (as flannel's CNI plugin). What was delegated is saved (0600) under
+`dataDir`, so DEL works the same after the agent or its subnet file is gone.
+
+    {"type": "cnipy-overlay", "name": "pods", "cniVersion": "1.0.0",
+     "subnetFile": "/run/cnipy/subnet.env", "dataDir": "/var/lib/cni/cnipy-overlay",
+     "bridgeType": "cnipy-bridge", "ipamType": "cnipy-host-local", "delegate": {"bridge": "cni0"}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from cnipy.cni import Request, Result, invoke, validate
+from cnipy.cni.errors import InvalidConfig, IOFailure, PluginNotAvailable, TryAgainLater
+from cnipy.overlay import subnetfile
+
+ABOUT = "CNI cnipy-overlay plugin"
+DEFAULT_SUBNET_FILE = "/run/cnipy/subnet.env"
+DEFAULT_DATA_DIR = "/var/lib/cni/cnipy-overlay"
+
+
+def _path(conf: Any, key: str, default: str) -> Path:
+    value = conf.get(key, default)
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value \
+            or any(part in (".", "..") for part in value.split("/")):
+        raise InvalidConfig(f"{key} must be an absolute, normalised path")
+    return Path(value)
+
+
+def _types(conf: Any) -> tuple[str, str]:
+    return (validate.plugin_type(conf.get("bridgeType", "cnipy-bridge"), "bridgeType"),
+            validate.plugin_type(conf.get("ipamType", "cnipy-host-local"), "ipamType"))
+
+
+def _read_subnet(path: Path) -> subnetfile.SubnetFile:
+    try:
+        return subnetfile.read(path)
+    except FileNotFoundError as exc:
+        raise TryAgainLater("the overlay agent is not ready", f"{path} does not exist yet") from exc
+    except (OSError, subnetfile.SubnetFileError) as exc:
+        raise TryAgainLater("the overlay agent is not ready", f"{path}: {exc}") from exc
+
+
+def delegate_config(req: Request, sub: subnetfile.SubnetFile) -> dict[str, Any]:
+    """The bridge configuration for this node: derived values first, then the config's `delegate` keys."""
+    conf = req.config.raw
+    bridge_type, ipam_type = _types(conf)
+    overrides = conf.get("delegate", {})
+    if not isinstance(overrides, dict):
+        raise InvalidConfig("delegate must be an object")
+    mtu = conf.get("mtu", sub.mtu)
+    if not isinstance(mtu, int) or isinstance(mtu, bool) or not 576 <= mtu <= 65535:
+        raise InvalidConfig("mtu must be an integer between 576 and 65535")
+    out: dict[str, Any] = {
+        "cniVersion": req.config.cni_version, "name": req.config.name, "type": bridge_type,
+        "bridge": "cni0", "isGateway": True, "hairpinMode": True, "mtu": mtu,
+        # The agent masquerades traffic leaving the cluster network itself; the bridge must not (it would hide
+        # pod addresses from pods on other nodes).
+        "ipMasq": not sub.masquerade,
+        "ipam": {"type": ipam_type, "ranges": [[{"subnet": str(sub.subnet.network)}]],
+                 "routes": [{"dst": str(sub.network)}]},
+    }
+    for key, value in overrides.items():
+        if key == "ipam" and isinstance(value, dict):
+            out["ipam"] = {**out["ipam"], **value}
+        else:
+            out[key] = value
+    for key in ("runtimeConfig", "args", "capabilities"):
+        if key in conf and key not in out:
+            out[key] = conf[key]
+    validate.plugin_type(out.get("type"), "delegate.type")
+    return out
+
+
+def _state_file(req: Request) -> Path:
+    data_dir = _path(req.config.raw, "dataDir", DEFAULT_DATA_DIR)
+    cid = validate.container_id(req.container_id)
+    ifname = validate.interface_name(req.ifname)
+    return data_dir / f"{cid}-{ifname}"
+
+
+def _save(path: Path, conf: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=".", dir=path.parent)  # created 0600
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(conf, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
+        raise IOFailure(f"saving the delegate config to {path} failed", str(exc)) from exc
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise IOFailure(f"reading {path} failed", str(exc)) from exc
+    if not isinstance(data, dict):
+        raise IOFailure(f"{path} does not hold a delegate config")
+    return data
+
+
+def cmd_add(req: Request) -> Result:
+    sub = _read_subnet(_path(req.config.raw, "subnetFile", DEFAULT_SUBNET_FILE))
+    conf = delegate_config(req, sub)
+    state = _state_file(req)
+    with ExitStack() as undo:
+        _save(state, conf)
+        undo.callback(state.unlink, missing_ok=True)
+        stdin = json.dumps(conf).encode()
+        result = invoke.add(conf["type"], req, stdin=stdin)
+        undo.pop_all()
+    return result
+
+
+def cmd_del(req: Request) -> None:
+    state = _state_file(req)
+    conf = _load(state)
+    if conf is None:
+        return  # never added, or already deleted
+    invoke.delete(str(conf["type"]), req, stdin=json.dumps(conf).encode())
+    state.unlink(missing_ok=True)
+
+
+def cmd_check(req: Request) -> None:
+    state = _state_file(req)
+    conf = _load(state)
+    if conf is None:
+        raise InvalidConfig("no delegate config saved for this container: was it added?", str(state))
+    if req.config.prev_result is not None:
+        conf["prevResult"] = req.config.prev_result.to_json(req.config.cni_version)
+    invoke.check(str(conf["type"]), req, stdin=json.dumps(conf).encode())
+
+
+def cmd_status(req: Request) -> None:
+    path = _path(req.config.raw, "subnetFile", DEFAULT_SUBNET_FILE)
+    missing = []
+    try:
+        subnetfile.read(path)
+    except FileNotFoundError:
+        missing.append(f"subnet file {path} (is `cnipy agent` running and ready?)")
+    except (OSError, subnetfile.SubnetFileError) as exc:
+        missing.append(f"a valid subnet file {path} ({exc})")
+    for kind in _types(req.config.raw):
+        try:
+            invoke.find(kind, req.path)
+        except InvalidConfig:
+            missing.append(f"plugin {kind} on CNI_PATH")
+    if missing:
+        raise PluginNotAvailable("cnipy-overlay cannot add pods", "missing: " + "; ".join(missing))

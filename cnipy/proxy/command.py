@@ -1,0 +1,125 @@
+"""``cnipy proxy``: the click command that assembles the daemon from its parts."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cnipy.proxy.daemon import ManifestPoller, ProxyDaemon, Source, Timing
+from cnipy.proxy.health import HealthCheckServers, StatusServer
+from cnipy.proxy.plan import NodeConfig
+from cnipy.proxy.sync import Proxier
+
+
+def make_proxier(mode: str, config: NodeConfig, iptables_backend: str = "nft") -> Proxier:
+    if mode == "nftables":
+        from cnipy.proxy.nftables.backend import NftablesProxier
+        from cnipy.proxy.nftables.runner import Nft
+        return NftablesProxier(Nft(), config)
+    from cnipy.proxy.iptables.backend import IptablesProxier
+    from cnipy.proxy.iptables.runner import Iptables
+    return IptablesProxier(Iptables(iptables_backend), config)
+
+
+def _conntrack(gone: Iterable[IPv4Address], fresh: Iterable[tuple[IPv4Address, int]]) -> int:
+    from cnipy.netlink.conntrack import delete_udp_flows
+    return delete_udp_flows(reply_sources=gone, destinations=fresh)
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "0.0.0.0", int(port)
+
+
+def _route_localnet() -> None:
+    # Localhost NodePorts need the kernel to route 127/8 off the loopback device (CVE-2020-8558 is why
+    # the nftables/iptables rules then drop 127/8 traffic that we did not DNAT).
+    Path("/proc/sys/net/ipv4/conf/all/route_localnet").write_text("1\n")
+
+
+@click.command("proxy")
+@click.option("--mode", type=click.Choice(["nftables", "iptables"]), default="nftables", show_default=True,
+              help="Rule back end.")
+@click.option("--manifests", multiple=True, type=click.Path(exists=True),
+              help="File or directory of Service/EndpointSlice/Pod manifests (repeatable); watched for changes.")
+@click.option("--kubeconfig", type=click.Path(exists=True), help="Watch a Kubernetes API server instead.")
+@click.option("--in-cluster", is_flag=True, help="Use the pod's service account to reach the API server.")
+@click.option("--node-name", default=socket.gethostname, show_default="hostname",
+              help="This node's name: endpoints with this nodeName are local.")
+@click.option("--cluster-cidr", multiple=True, help="Pod CIDR(s); traffic from elsewhere to a ClusterIP is "
+              "masqueraded.")
+@click.option("--masquerade-all", is_flag=True, help="Masquerade all service traffic.")
+@click.option("--nodeport-address", multiple=True, help="CIDR(s) of local addresses that serve NodePorts "
+              "(default: every local address).")
+@click.option("--localhost-nodeports", is_flag=True, help="Serve NodePorts on 127.0.0.1 too (sets "
+              "route_localnet and adds the CVE-2020-8558 protection).")
+@click.option("--iptables-backend", type=click.Choice(["nft", "legacy"]), default="nft", show_default=True)
+@click.option("--min-sync-period", type=float, default=1.0, show_default=True)
+@click.option("--full-sync-period", type=float, default=3600.0, show_default=True)
+@click.option("--repair-period", type=float, default=10.0, show_default=True,
+              help="How often to check that our rules are still there.")
+@click.option("--retry-period", type=float, default=5.0, show_default=True)
+@click.option("--poll-period", type=float, default=0.2, show_default=True, help="How often to look for changes.")
+@click.option("--healthz-address", default="0.0.0.0:10256", show_default=True, help="/healthz (and /metrics).")
+@click.option("--metrics-address", default="127.0.0.1:10249", show_default=True, help="/metrics (and /healthz).")
+@click.option("--once", is_flag=True, help="Sync once and exit (status 1 if it failed).")
+@click.option("--cleanup", is_flag=True, help="Remove everything this proxy installed and exit.")
+@click.option("-v", "--verbose", is_flag=True)
+def proxy_command(**opts: Any) -> None:
+    """The service proxy: Services -> nftables or iptables rules, kept in step with the manifests or API."""
+    logging.basicConfig(level=logging.DEBUG if opts["verbose"] else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = NodeConfig(
+        node_name=opts["node_name"],
+        cluster_cidrs=tuple(IPv4Network(c) for c in opts["cluster_cidr"]),
+        masquerade_all=opts["masquerade_all"],
+        node_port_addresses=tuple(IPv4Network(c) for c in opts["nodeport_address"]),
+        localhost_nodeports=opts["localhost_nodeports"],
+    )
+    proxier = make_proxier(opts["mode"], config, opts["iptables_backend"])
+    if opts["cleanup"]:
+        proxier.cleanup()
+        return
+    source: Source
+    if opts["manifests"]:
+        source = ManifestPoller(opts["manifests"])
+    elif opts["kubeconfig"] or opts["in_cluster"]:
+        from cnipy.proxy.kubeapi import KubeSource, load_kubeconfig
+        source = KubeSource(load_kubeconfig(opts["kubeconfig"], in_cluster=opts["in_cluster"]))
+    else:
+        raise click.UsageError("give --manifests, --kubeconfig or --in-cluster")
+    if config.localhost_nodeports:
+        _route_localnet()
+    hc = HealthCheckServers()
+    timing = Timing(opts["min_sync_period"], opts["full_sync_period"], opts["repair_period"],
+                    opts["retry_period"], opts["poll_period"])
+    daemon = ProxyDaemon(source, proxier, config, timing=timing, conntrack=_conntrack, healthchecks=hc.update)
+    if opts["once"]:
+        daemon.step()
+        hc.close()
+        sys.exit(0 if daemon.healthz()[0] else 1)
+    servers = []
+    for addr in dict.fromkeys([opts["healthz_address"], opts["metrics_address"]]):
+        host, port = _hostport(addr)
+        server = StatusServer(host, port, daemon.healthz, daemon.metrics.render)
+        logging.getLogger("cnipy.proxy").info("serving /healthz and /metrics on %s:%d", host, server.port)
+        servers.append(server)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: daemon.stop())
+    try:
+        daemon.run()
+    finally:
+        for s in servers:
+            s.close()
+        hc.close()
+        stop = getattr(source, "stop", None)
+        if callable(stop):
+            stop()

@@ -1,0 +1,94 @@
+"""HTTP endpoints: /healthz and /metrics on one server, and one server per healthCheckNodePort.
+
+A load balancer polls a service's healthCheckNodePort to learn whether this node has local endpoints
+(externalTrafficPolicy Local): 200 with the count when it has, 503 when it has none.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cnipy.proxy.model import ServiceKey
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _serve(host: str, port: int, respond: Callable[[str], tuple[int, str, str]]) -> _Server:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            code, ctype, body = respond(self.path)
+            data = body.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = _Server((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name=f"http-{port}", daemon=True).start()
+    return server
+
+
+class StatusServer:
+    """/healthz (200 when the last sync succeeded and is recent enough) and /metrics."""
+
+    def __init__(self, host: str, port: int, healthz: Callable[[], tuple[bool, dict[str, object]]],
+                 metrics: Callable[[], str]) -> None:
+        def respond(path: str) -> tuple[int, str, str]:
+            if path.split("?")[0] == "/healthz":
+                ok, info = healthz()
+                return (200 if ok else 503), "application/json", json.dumps(info)
+            if path.split("?")[0] == "/metrics":
+                return 200, "text/plain; version=0.0.4", metrics()
+            return 404, "text/plain", "not found\n"
+
+        self.server = _serve(host, port, respond)
+        self.port = self.server.server_address[1]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class HealthCheckServers:
+    """Keeps one HTTP server per healthCheckNodePort, answering with the local endpoint count."""
+
+    def __init__(self, host: str = "0.0.0.0") -> None:
+        self.host = host
+        self.servers: dict[int, _Server] = {}
+        self.state: dict[int, tuple[ServiceKey, int]] = {}
+        self.errors: dict[int, str] = {}
+
+    def update(self, wanted: dict[int, tuple[ServiceKey, int]]) -> None:
+        self.state = dict(wanted)
+        for port in list(self.servers):
+            if port not in wanted:
+                server = self.servers.pop(port)
+                server.shutdown()
+                server.server_close()
+        for port in wanted:
+            if port not in self.servers:
+                try:
+                    self.servers[port] = _serve(self.host, port, functools.partial(self._respond, port))
+                    self.errors.pop(port, None)
+                except OSError as exc:  # port taken: report it, keep proxying
+                    self.errors[port] = str(exc)
+
+    def _respond(self, port: int, _path: str) -> tuple[int, str, str]:
+        key, count = self.state.get(port, (ServiceKey("", ""), 0))
+        body = json.dumps({"service": {"namespace": key.namespace, "name": key.name},
+                           "localEndpoints": count, "serviceProxyHealthy": True})
+        return (200 if count else 503), "application/json", body
+
+    def close(self) -> None:
+        self.update({})

@@ -1,0 +1,44 @@
+"""kube-proxy's chain names, hashed exactly as kube-proxy hashes them, so existing habits and tools still work."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+KUBE_SERVICES = "KUBE-SERVICES"
+KUBE_NODEPORTS = "KUBE-NODEPORTS"
+KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
+KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
+KUBE_FIREWALL = "KUBE-FIREWALL"
+KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+KUBE_POSTROUTING = "KUBE-POSTROUTING"
+KUBE_PROXY_CANARY = "KUBE-PROXY-CANARY"
+
+
+def _hash(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+
+
+def port_proto_hash(service_port_name: str, protocol: str) -> str:
+    return _hash(service_port_name + protocol.lower())
+
+
+def svc_chain(service_port_name: str, protocol: str) -> str:
+    return "KUBE-SVC-" + port_proto_hash(service_port_name, protocol)
+
+
+def svl_chain(service_port_name: str, protocol: str) -> str:
+    return "KUBE-SVL-" + port_proto_hash(service_port_name, protocol)
+
+
+def ext_chain(service_port_name: str, protocol: str) -> str:
+    return "KUBE-EXT-" + port_proto_hash(service_port_name, protocol)
+
+
+def fw_chain(service_port_name: str, protocol: str) -> str:
+    return "KUBE-FW-" + port_proto_hash(service_port_name, protocol)
+
+
+def sep_chain(service_port_name: str, protocol: str, endpoint: str) -> str:
+    """``endpoint`` is "ip:port", as kube-proxy formats it."""
+    return "KUBE-SEP-" + _hash(service_port_name + protocol.lower() + endpoint)

@@ -1,0 +1,204 @@
+"""kube-proxy's iptables layout, rendered per service so that a partial sync rewrites only what changed.
+
+nat:    PREROUTING/OUTPUT -> KUBE-SERVICES -> KUBE-SVC-* (cluster IP) | KUBE-EXT-* (external IP, LB IP) |
+        KUBE-FW-* (LB IP with source ranges); last rule -> KUBE-NODEPORTS -> KUBE-EXT-*.
+        KUBE-SVC-* / KUBE-SVL-* (local endpoints) pick a KUBE-SEP-* with statistic probabilities 1/n, 1/(n-1), ...
+        (ClientIP affinity: xt_recent per endpoint first); KUBE-SEP-* marks hairpin traffic and DNATs.
+        POSTROUTING -> KUBE-POSTROUTING masquerades what KUBE-MARK-MASQ marked.
+filter: KUBE-SERVICES / KUBE-EXTERNAL-SERVICES reject services without endpoints and drop Local-policy traffic
+        on nodes without local endpoints; KUBE-PROXY-FIREWALL drops LB traffic from outside the source ranges;
+        KUBE-FIREWALL protects 127/8 when localhost NodePorts are on (CVE-2020-8558).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cnipy.proxy.iptables import names as n
+from cnipy.proxy.plan import Backend, NodeConfig, PortPlan
+
+NAT_BASE = (n.KUBE_SERVICES, n.KUBE_NODEPORTS, n.KUBE_POSTROUTING, n.KUBE_MARK_MASQ, n.KUBE_PROXY_CANARY)
+FILTER_BASE = (n.KUBE_SERVICES, n.KUBE_EXTERNAL_SERVICES, n.KUBE_PROXY_FIREWALL, n.KUBE_FIREWALL,
+               n.KUBE_PROXY_CANARY)
+
+# (table, built-in chain, rule args) jumps into our chains, kept in place by the proxier.
+JUMPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("nat", "PREROUTING", ("-m", "comment", "--comment", "kubernetes service portals", "-j", n.KUBE_SERVICES)),
+    ("nat", "OUTPUT", ("-m", "comment", "--comment", "kubernetes service portals", "-j", n.KUBE_SERVICES)),
+    ("nat", "POSTROUTING", ("-m", "comment", "--comment", "kubernetes postrouting rules", "-j",
+                            n.KUBE_POSTROUTING)),
+    *((("filter", c, ("-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment",
+                      "kubernetes load balancer firewall", "-j", n.KUBE_PROXY_FIREWALL)))
+      for c in ("INPUT", "FORWARD", "OUTPUT")),
+    *((("filter", c, ("-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment",
+                      "kubernetes service portals", "-j", n.KUBE_SERVICES))) for c in ("FORWARD", "OUTPUT")),
+    *((("filter", c, ("-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment",
+                      "kubernetes externally-visible service portals", "-j", n.KUBE_EXTERNAL_SERVICES)))
+      for c in ("INPUT", "FORWARD")),
+    *((("filter", c, ("-j", n.KUBE_FIREWALL))) for c in ("INPUT", "OUTPUT")),
+)
+
+
+def _reject(proto: str) -> str:
+    # TCP gets a reset: ICMP errors are rate-limited per peer, so a burst of connects would see timeouts.
+    return "REJECT --reject-with tcp-reset" if proto == "tcp" else "REJECT"
+
+
+def _q(text: str) -> str:
+    return f'"{text}"' if " " in text else text
+
+
+@dataclass
+class IptContribution:
+    """One service's share: its own nat chains, and its lines in the shared chains."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)  # nat KUBE-SVC/SVL/EXT/FW/SEP chains
+    nat_services: list[str] = field(default_factory=list)
+    nat_nodeports: list[str] = field(default_factory=list)
+    filter_services: list[str] = field(default_factory=list)
+    filter_external: list[str] = field(default_factory=list)
+    filter_firewall: list[str] = field(default_factory=list)
+
+
+def base_rules(cfg: NodeConfig) -> dict[tuple[str, str], list[str]]:
+    mark = f"0x{cfg.masquerade_mark:x}"
+    fw: list[str] = []
+    if cfg.localhost_nodeports:
+        fw.append(f'-A {n.KUBE_FIREWALL} -m comment --comment "block incoming localnet connections" '
+                  "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP")
+    return {
+        ("nat", n.KUBE_MARK_MASQ): [f"-A {n.KUBE_MARK_MASQ} -j MARK --or-mark {mark}"],
+        ("nat", n.KUBE_POSTROUTING): [
+            f"-A {n.KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
+            f"-A {n.KUBE_POSTROUTING} -j MARK --xor-mark {mark}",
+            f'-A {n.KUBE_POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT" '
+            "-j MASQUERADE --random-fully",
+        ],
+        ("filter", n.KUBE_FIREWALL): fw,
+    }
+
+
+def nodeports_jumps(cfg: NodeConfig) -> list[str]:
+    comment = '-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain"'
+    not_lo = "" if cfg.localhost_nodeports else " ! -d 127.0.0.0/8"
+    if cfg.node_port_addresses:
+        return [f"-A {n.KUBE_SERVICES} {comment} -d {net}{not_lo} -j {n.KUBE_NODEPORTS}"
+                for net in cfg.node_port_addresses]
+    return [f"-A {n.KUBE_SERVICES} {comment} -m addrtype --dst-type LOCAL{not_lo} -j {n.KUBE_NODEPORTS}"]
+
+
+def _balance(c: IptContribution, chain: str, p: PortPlan, backends: tuple[Backend, ...], proto: str,
+             head: list[str]) -> None:
+    """A KUBE-SVC/KUBE-SVL chain: optional head rules, affinity checks, then statistic probabilities."""
+    name, count = p.name, len(backends)
+    rules = list(head)
+    seps = [(b, n.sep_chain(name, proto, str(b))) for b in backends]
+    if p.affinity_timeout is not None:
+        for b, sep in seps:
+            rules.append(f'-A {chain} -m comment --comment "{name} -> {b}" -m recent --name {sep} '
+                         f"--mask 255.255.255.255 --rsource --rcheck --seconds {p.affinity_timeout} --reap -j {sep}")
+    for i, (b, sep) in enumerate(seps):
+        prob = "" if i == count - 1 else f" -m statistic --mode random --probability {1.0 / (count - i):.10f}"
+        rules.append(f'-A {chain} -m comment --comment "{name} -> {b}"{prob} -j {sep}')
+        if sep not in c.chains:
+            recent = "" if p.affinity_timeout is None else \
+                f" -m recent --name {sep} --mask 255.255.255.255 --rsource --set"
+            c.chains[sep] = [
+                f"-A {sep} -m comment --comment {_q(name)} -s {b.ip}/32 -j {n.KUBE_MARK_MASQ}",
+                f"-A {sep} -m comment --comment {_q(name)} -m {proto} -p {proto}{recent} -j DNAT "
+                f"--to-destination {b}",
+            ]
+    c.chains[chain] = rules
+
+
+def port_rules(c: IptContribution, p: PortPlan, cfg: NodeConfig) -> None:
+    name, proto = p.name, p.protocol.value.lower()
+    svc, svl = n.svc_chain(name, proto), n.svl_chain(name, proto)
+    ext, fw = n.ext_chain(name, proto), n.fw_chain(name, proto)
+    match = f"-m {proto} -p {proto}"
+    internal_chain = svl if p.internal_local else svc
+    internal = p.internal_backends
+
+    masq_head = []
+    for ip in p.cluster_ips:
+        dest = f'-m comment --comment "{name} cluster IP" {match} -d {ip}/32 --dport {p.port}'
+        if internal:
+            c.nat_services.append(f"-A {n.KUBE_SERVICES} {dest} -j {internal_chain}")
+            if cfg.masquerade_all:
+                masq_head.append(f"-A {internal_chain} {dest} -j {n.KUBE_MARK_MASQ}")
+            elif cfg.cluster_cidrs:
+                for net in cfg.cluster_cidrs:
+                    masq_head.append(f"-A {internal_chain} {dest} ! -s {net} -j {n.KUBE_MARK_MASQ}")
+        elif not p.all_backends:
+            c.filter_services.append(f'-A {n.KUBE_SERVICES} -m comment --comment "{name} has no endpoints" '
+                                     f"{match} -d {ip}/32 --dport {p.port} -j {_reject(proto)}")
+        else:
+            c.filter_services.append(f'-A {n.KUBE_SERVICES} -m comment --comment "{name} has no local endpoints" '
+                                     f"{match} -d {ip}/32 --dport {p.port} -j DROP")
+
+    # KUBE-SVC serves cluster-policy internal traffic and every external path (Local policy short-circuits
+    # pods and the node itself to all endpoints).
+    uses_svc = bool(p.all_backends) and (not p.internal_local or p.has_external)
+    uses_svl = bool(p.local_backends) and (p.internal_local or (p.has_external and p.external_local))
+    if uses_svc:
+        _balance(c, svc, p, p.all_backends, proto, masq_head if internal_chain == svc else [])
+    if uses_svl:
+        _balance(c, svl, p, p.local_backends, proto, masq_head if internal_chain == svl else [])
+
+    if not p.has_external:
+        return
+    if not p.all_backends:
+        verdict, why = _reject(proto), "has no endpoints"
+    elif not p.external_backends:
+        verdict, why = "DROP", "has no local endpoints"
+    else:
+        verdict = why = ""
+    if p.all_backends:
+        if p.external_local:
+            rules = [f'-A {ext} -m comment --comment "pod traffic for {name} external destinations" '
+                     f"-s {net} -j {svc}" for net in cfg.cluster_cidrs]
+            rules += [
+                f'-A {ext} -m comment --comment "masquerade LOCAL traffic for {name} external destinations" '
+                f"-m addrtype --src-type LOCAL -j {n.KUBE_MARK_MASQ}",
+                f'-A {ext} -m comment --comment "route LOCAL traffic for {name} external destinations" '
+                f"-m addrtype --src-type LOCAL -j {svc}",
+            ]
+            if p.local_backends:
+                rules.append(f"-A {ext} -j {svl}")
+        else:
+            rules = [f'-A {ext} -m comment --comment "masquerade traffic for {name} external destinations" '
+                     f"-j {n.KUBE_MARK_MASQ}", f"-A {ext} -j {svc}"]
+        c.chains[ext] = rules
+    for kind, ips in (("external IP", p.external_ips), ("loadbalancer IP", p.load_balancer_ips)):
+        for ip in ips:
+            dest = f"{match} -d {ip}/32 --dport {p.port}"
+            if p.all_backends:
+                target = fw if kind == "loadbalancer IP" and p.source_ranges else ext
+                c.nat_services.append(f'-A {n.KUBE_SERVICES} -m comment --comment "{name} {kind}" {dest} -j {target}')
+            if verdict:
+                c.filter_external.append(f'-A {n.KUBE_EXTERNAL_SERVICES} -m comment --comment "{name} {why}" '
+                                         f"{dest} -j {verdict}")
+    if p.source_ranges and p.load_balancer_ips:
+        if p.all_backends:
+            c.chains[fw] = [f'-A {fw} -m comment --comment "{name} loadbalancer IP" -s {net} -j {ext}'
+                            for net in p.source_ranges] + [
+                f'-A {fw} -m comment --comment "other traffic to {name} loadbalancer IP will be dropped by '
+                f'{n.KUBE_PROXY_FIREWALL}"']
+        for ip in p.load_balancer_ips:
+            c.filter_firewall.append(
+                f'-A {n.KUBE_PROXY_FIREWALL} -m comment --comment "{name} traffic not accepted by {fw}" '
+                f"{match} -d {ip}/32 --dport {p.port} -j DROP")
+    if p.node_port is not None:
+        if p.all_backends:
+            c.nat_nodeports.append(f"-A {n.KUBE_NODEPORTS} -m comment --comment {_q(name)} {match} "
+                                   f"--dport {p.node_port} -j {ext}")
+        if verdict:
+            c.filter_external.append(f'-A {n.KUBE_EXTERNAL_SERVICES} -m comment --comment "{name} {why}" '
+                                     f"-m addrtype --dst-type LOCAL {match} --dport {p.node_port} -j {verdict}")
+
+
+def contribution(ports: tuple[PortPlan, ...], cfg: NodeConfig) -> IptContribution:
+    c = IptContribution()
+    for p in ports:
+        port_rules(c, p, cfg)
+    return c

@@ -1,0 +1,197 @@
+"""The iptables seam: ``Iptables`` runs iptables-restore --noflush (nf_tables or legacy back end) and a few
+checks; ``FakeIptables`` parses the same restore text and keeps the kernel's rules: all-or-nothing per restore,
+jump targets must exist, only empty unreferenced chains can be deleted."""
+
+from __future__ import annotations
+
+import copy
+import shlex
+import subprocess
+from collections.abc import Sequence
+from typing import Protocol
+
+from cnipy.proxy.errors import ApplyError, FakeApplyError
+
+BUILTIN_CHAINS = {
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+}
+BUILTIN_TARGETS = {"ACCEPT", "DROP", "RETURN", "REJECT", "DNAT", "SNAT", "MASQUERADE", "MARK", "LOG",
+                   "CONNMARK", "NOTRACK", "CT"}
+
+
+class IptablesInterface(Protocol):
+    def restore(self, text: str) -> None:
+        """iptables-restore --noflush: all of ``text`` or nothing. Raises ApplyError."""
+
+    def exists(self, table: str, chain: str, args: Sequence[str]) -> bool:
+        """iptables -C: is this rule in the chain?"""
+
+    def insert(self, table: str, chain: str, args: Sequence[str]) -> None:
+        """iptables -I chain 1 args."""
+
+    def delete(self, table: str, chain: str, args: Sequence[str]) -> None:
+        """iptables -D; a missing rule is not an error."""
+
+    def list_chains(self, table: str) -> list[str]:
+        """Names of all chains in a table."""
+
+
+class Iptables:
+    """``variant`` "nft" uses iptables/iptables-restore, "legacy" their -legacy twins."""
+
+    def __init__(self, variant: str = "nft", *, prefix: Sequence[str] = (), timeout: float = 600) -> None:
+        if variant not in ("nft", "legacy"):
+            raise ValueError(f"iptables variant must be nft or legacy, not {variant!r}")
+        suffix = "-legacy" if variant == "legacy" else ""
+        self.iptables = f"iptables{suffix}"
+        self.restore_bin = f"iptables{suffix}-restore"
+        self.prefix = list(prefix)
+        self.timeout = timeout
+
+    def _run(self, argv: list[str], text: str | None = None) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run([*self.prefix, *argv], input=text, text=True, capture_output=True,
+                                  timeout=self.timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ApplyError(f"{argv[0]} could not run: {exc}") from exc
+
+    def restore(self, text: str) -> None:
+        proc = self._run([self.restore_bin, "-w", "5", "--noflush"], text)
+        if proc.returncode != 0:
+            raise ApplyError(f"{self.restore_bin} failed (rc={proc.returncode}): {proc.stderr.strip()[:2000]}")
+
+    def exists(self, table: str, chain: str, args: Sequence[str]) -> bool:
+        return self._run([self.iptables, "-w", "5", "-t", table, "-C", chain, *args]).returncode == 0
+
+    def insert(self, table: str, chain: str, args: Sequence[str]) -> None:
+        proc = self._run([self.iptables, "-w", "5", "-t", table, "-I", chain, "1", *args])
+        if proc.returncode != 0:
+            raise ApplyError(f"{self.iptables} -I {chain} failed: {proc.stderr.strip()}")
+
+    def delete(self, table: str, chain: str, args: Sequence[str]) -> None:
+        self._run([self.iptables, "-w", "5", "-t", table, "-D", chain, *args])
+
+    def list_chains(self, table: str) -> list[str]:
+        proc = self._run([self.restore_bin.replace("-restore", "-save"), "-t", table])
+        if proc.returncode != 0:
+            raise ApplyError(f"iptables-save -t {table} failed: {proc.stderr.strip()}")
+        return [ln[1:].split()[0] for ln in proc.stdout.splitlines() if ln.startswith(":")]
+
+
+def _target(args: Sequence[str]) -> str | None:
+    for flag in ("-j", "--jump", "-g", "--goto"):
+        if flag in args:
+            i = list(args).index(flag)
+            return args[i + 1] if i + 1 < len(args) else None
+    return None
+
+
+class FakeIptables:
+    """Tables of chains of rules (each rule kept as its argument list after the chain name)."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, list[tuple[str, ...]]]] = {
+            t: {c: [] for c in chains} for t, chains in BUILTIN_CHAINS.items()}
+        self.restores = 0
+        self.fail_next: str | None = None
+
+    def restore(self, text: str) -> None:
+        if self.fail_next is not None:
+            msg, self.fail_next = self.fail_next, None
+            raise FakeApplyError("EIO", msg)
+        work = copy.deepcopy(self.tables)
+        table: dict[str, list[tuple[str, ...]]] | None = None
+        name = ""
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            where = f"line {lineno}"
+            if line.startswith("*"):
+                name = line[1:].strip()
+                if name not in work:
+                    raise FakeApplyError("ENOENT", f"{where}: no table {name}")
+                table = work[name]
+            elif table is None:
+                raise FakeApplyError("EINVAL", f"{where}: outside a table")
+            elif line == "COMMIT":
+                self._check_targets(table, name)
+                table = None
+            elif line.startswith(":"):
+                chain = line[1:].split()[0]
+                if chain in BUILTIN_CHAINS.get(name, ()):
+                    continue
+                table[chain] = []  # declaring a chain in a restore flushes it, also with --noflush
+            else:
+                args = shlex.split(line)
+                op, chain, rest = args[0], args[1], tuple(args[2:])
+                if chain not in table:
+                    raise FakeApplyError("ENOENT", f"{where}: no chain {chain}")
+                if op == "-A":
+                    target = _target(rest)
+                    if target and target not in BUILTIN_TARGETS and target not in table:
+                        raise FakeApplyError("ENOENT", f"{where}: no chain/target {target}")
+                    table[chain].append(rest)
+                elif op == "-X":
+                    if table[chain]:
+                        raise FakeApplyError("ENOTEMPTY", f"{where}: chain {chain} is not empty")
+                    if self._referenced(table, chain):
+                        raise FakeApplyError("EBUSY", f"{where}: chain {chain} is referenced")
+                    del table[chain]
+                elif op == "-F":
+                    table[chain] = []
+                else:
+                    raise FakeApplyError("EINVAL", f"{where}: unsupported {op}")
+        if table is not None:
+            raise FakeApplyError("EINVAL", "missing COMMIT")
+        self.tables = work
+        self.restores += 1
+
+    @staticmethod
+    def _referenced(table: dict[str, list[tuple[str, ...]]], chain: str) -> bool:
+        return any(_target(r) == chain for rules in table.values() for r in rules)
+
+    @staticmethod
+    def _check_targets(table: dict[str, list[tuple[str, ...]]], name: str) -> None:
+        for chain, rules in table.items():
+            for r in rules:
+                t = _target(r)
+                if t and t not in BUILTIN_TARGETS and t not in table:
+                    raise FakeApplyError("ENOENT", f"{name} {chain}: jump to missing chain {t}")
+
+    def exists(self, table: str, chain: str, args: Sequence[str]) -> bool:
+        return tuple(args) in self.tables[table].get(chain, [])
+
+    def insert(self, table: str, chain: str, args: Sequence[str]) -> None:
+        if chain not in self.tables[table]:
+            raise FakeApplyError("ENOENT", f"no chain {chain}")
+        target = _target(args)
+        if target and target not in BUILTIN_TARGETS and target not in self.tables[table]:
+            raise FakeApplyError("ENOENT", f"no chain/target {target}")
+        self.tables[table][chain].insert(0, tuple(args))
+
+    def delete(self, table: str, chain: str, args: Sequence[str]) -> None:
+        rules = self.tables[table].get(chain, [])
+        if tuple(args) in rules:
+            rules.remove(tuple(args))
+
+    def list_chains(self, table: str) -> list[str]:
+        return list(self.tables[table])
+
+    def flush_all(self, table: str) -> None:
+        """What ``iptables -t table -F`` does: empty every chain, keep them."""
+        for rules in self.tables[table].values():
+            rules.clear()
+
+    def dump(self, tables: Sequence[str] = ("filter", "nat")) -> str:
+        """iptables-save-like text, chains sorted by name, rules in order."""
+        out = []
+        for t in tables:
+            out.append(f"*{t}")
+            chains = self.tables[t]
+            out += [f":{c}" for c in sorted(chains)]
+            for c in sorted(chains):
+                out += ["-A " + c + " " + " ".join(shlex.quote(a) for a in r) for r in chains[c]]
+            out.append("COMMIT")
+        return "\n".join(out) + "\n"

@@ -1,0 +1,247 @@
+"""The nftables layout: desired state for table ``ip cnipy`` from a Plan.
+
+Packet path (O(1) whatever the number of services):
+
+    nat-prerouting / nat-output -> services:
+        ip daddr . l4proto . dport  vmap @service-ips       -> goto <dispatch chain>
+        <local address> l4proto . dport vmap @service-nodeports -> goto <dispatch chain>
+    dispatch chain "<kind>-<mode>-<n>[-<c>][-a]" (one per shape, shared by all services of that shape):
+        masquerade marking for the mode, then
+        dnat ip to <key> . numgen random mod n map @<kind>-backends     (slot i -> backend i: equal shares)
+        (ClientIP affinity: jhash ip saddr instead of numgen, so a client always lands on the same slot)
+    filter-prerouting / filter-output (before DNAT): LB source ranges, then services without (local)
+    endpoints: reject (none at all) or drop (Local policy, none on this node)
+    nat-postrouting -> masquerading: hairpin (saddr . daddr in @hairpin), then the masquerade mark.
+
+A service change touches only map elements (and creates a dispatch chain the first time a shape appears).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
+
+from cnipy.proxy.nftables.transaction import Chain, Set
+from cnipy.proxy.plan import Backend, NodeConfig, Plan, PortPlan
+
+FAMILY = "ip"
+TABLE = "cnipy"
+AFFINITY_SEED = 0x636E7079
+
+IP_KEY = "ip daddr . meta l4proto . th dport"
+NP_KEY = "meta l4proto . th dport"
+REJECT_CHAIN = "reject-packet"
+DROP_EXTERNAL_CHAIN = "drop-external"
+
+
+@dataclass
+class NftState:
+    chains: dict[str, tuple[Chain, tuple[str, ...]]] = field(default_factory=dict)
+    sets: dict[str, Set] = field(default_factory=dict)
+    elements: dict[str, dict[str, str | None]] = field(default_factory=dict)
+
+    def rule_count(self) -> int:
+        return sum(len(r) for _, r in self.chains.values())
+
+    def element_count(self) -> int:
+        return sum(len(e) for e in self.elements.values())
+
+
+def _cidrs(nets: Sequence[IPv4Network]) -> str:
+    return str(nets[0]) if len(nets) == 1 else "{ " + ", ".join(map(str, nets)) + " }"
+
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+
+
+def _sets() -> tuple[Set, ...]:
+    ipk = "ipv4_addr . inet_proto . inet_service"
+    # One backend map per protocol: the data part must name a transport header, and "th dport" trips nft
+    # 1.0.6 when it evaluates a new rule against a map read back from the kernel ("conflicting protocols ip
+    # vs. th"), while "tcp dport" makes nft add a "meta l4proto tcp" dependency to the rule.
+    slot = "typeof {key} . numgen random mod 1 : ip daddr . {proto} dport"
+    backend_maps = [
+        Set(f"{kind}-{proto}-{table}", slot.format(key=IP_KEY if kind == "ip" else NP_KEY, proto=proto),
+            is_map=True)
+        for kind in ("ip", "np") for proto in PROTOCOLS for table in ("backends", "cluster-backends")]
+    return (
+        Set("service-ips", f"type {ipk} : verdict", is_map=True),
+        Set("service-nodeports", "type inet_proto . inet_service : verdict", is_map=True),
+        *backend_maps,
+        Set("no-endpoint-services", f"type {ipk} : verdict", is_map=True),
+        Set("no-endpoint-nodeports", "type inet_proto . inet_service : verdict", is_map=True),
+        Set("firewall-ips", f"type {ipk}"),
+        Set("firewall-allow", f"type {ipk} . ipv4_addr", flags=("interval",)),
+        Set("hairpin", "type ipv4_addr . ipv4_addr"),
+    )
+
+
+SETS = _sets()
+
+
+def _nodeport_match(cfg: NodeConfig) -> str:
+    parts = []
+    if cfg.node_port_addresses:
+        parts.append(f"ip daddr {_cidrs(cfg.node_port_addresses)}")
+    parts.append("fib daddr type local")
+    if not cfg.localhost_nodeports:
+        parts.append("ip daddr != 127.0.0.0/8")
+    return " ".join(parts)
+
+
+def base_chains(cfg: NodeConfig) -> dict[str, tuple[Chain, tuple[str, ...]]]:
+    mark = f"0x{cfg.masquerade_mark:x}"
+    np = _nodeport_match(cfg)
+    chains: list[tuple[Chain, tuple[str, ...]]] = [
+        (Chain("services"), (f"{IP_KEY} vmap @service-ips", f"{np} {NP_KEY} vmap @service-nodeports")),
+        (Chain("nat-prerouting", "nat", "prerouting", "-100"), ("jump services",)),
+        (Chain("nat-output", "nat", "output", "-100"), ("jump services",)),
+        (Chain("masquerading"), (
+            "ct status dnat ip saddr . ip daddr @hairpin masquerade",
+            f"meta mark & {mark} == 0 return",
+            f"meta mark set meta mark ^ {mark}",
+            "masquerade fully-random",
+        )),
+        (Chain("nat-postrouting", "nat", "postrouting", "100"), ("jump masquerading",)),
+        (Chain("firewall-check"), (
+            f"{IP_KEY} @firewall-ips {IP_KEY} . ip saddr != @firewall-allow drop",)),
+        # TCP gets a reset: ICMP errors are rate-limited per peer, so a burst of connects would see timeouts.
+        (Chain(REJECT_CHAIN), ("meta l4proto tcp reject with tcp reset", "reject")),
+        (Chain(DROP_EXTERNAL_CHAIN), (
+            *([f"ip saddr {_cidrs(cfg.cluster_cidrs)} return"] if cfg.cluster_cidrs else []),
+            "fib saddr type local return",
+            "drop",
+        )),
+        (Chain("endpoints-check"), (
+            f"{IP_KEY} vmap @no-endpoint-services",
+            f"{np} {NP_KEY} vmap @no-endpoint-nodeports",
+        )),
+        (Chain("filter-prerouting", "filter", "prerouting", "-110"),
+         ("ct state new jump firewall-check", "ct state new jump endpoints-check")),
+        (Chain("filter-output", "filter", "output", "-110"),
+         ("ct state new jump firewall-check", "ct state new jump endpoints-check")),
+    ]
+    if cfg.localhost_nodeports:
+        # CVE-2020-8558: with route_localnet on, drop packets for 127/8 from elsewhere unless we DNATed them.
+        chains.append((Chain("filter-input", "filter", "input", "0"), (
+            "ip daddr 127.0.0.0/8 ip saddr != 127.0.0.0/8 ct state != { established, related } "
+            "ct status & dnat == 0 drop",)))
+    return {c.name: (c, rules) for c, rules in chains}
+
+
+def _select(n: int, affinity: bool) -> str:
+    return f"jhash ip saddr mod {n} seed 0x{AFFINITY_SEED:x}" if affinity else f"numgen random mod {n}"
+
+
+def dispatch_rules(name: str, cfg: NodeConfig) -> tuple[str, ...]:
+    """The rules of a dispatch chain follow from its name: ``<kind>-<proto>-<mode>-<n>[-<c>][-a]``."""
+    parts = name.split("-")
+    affinity = parts[-1] == "a"
+    if affinity:
+        parts = parts[:-1]
+    kind, proto, mode, n = parts[0], parts[1], parts[2], int(parts[3])
+    key = IP_KEY if kind == "ip" else NP_KEY
+    mark = f"meta mark set meta mark | 0x{cfg.masquerade_mark:x}"
+    rules: list[str] = []
+
+    def dnat(count: int, table: str) -> str:
+        return f"dnat ip to {key} . {_select(count, affinity)} map @{kind}-{proto}-{table}"
+
+    if mode == "c":
+        if cfg.masquerade_all:
+            rules.append(mark)
+        elif cfg.cluster_cidrs:
+            rules.append(f"ip saddr != {_cidrs(cfg.cluster_cidrs)} {mark}")
+        rules.append(dnat(n, "backends"))
+    elif mode == "x":
+        rules += [mark, dnat(n, "backends")]
+    else:  # "l": external traffic policy Local; pods and the node itself still reach every endpoint
+        c = int(parts[4])
+        if c:
+            if cfg.cluster_cidrs:
+                rules.append(f"ip saddr {_cidrs(cfg.cluster_cidrs)} {dnat(c, 'cluster-backends')}")
+            rules += [f"fib saddr type local {mark}", f"fib saddr type local {dnat(c, 'cluster-backends')}"]
+        if n:
+            rules.append(dnat(n, "backends"))
+    return tuple(rules)
+
+
+@dataclass
+class Contribution:
+    """What one service adds to the table: map/set elements (hairpin kept apart: services share it) and the
+    dispatch chains its elements jump to."""
+
+    elements: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    hairpin: set[str] = field(default_factory=set)
+    chains: set[str] = field(default_factory=set)
+
+    def _put(self, set_name: str, key: str, value: str | None) -> None:
+        self.elements.setdefault(set_name, {})[key] = value
+
+    def dest(self, kind: str, proto: str, key: str, mode: str, backends: tuple[Backend, ...],
+             cluster: tuple[Backend, ...], affinity: bool, no_endpoints: str | None) -> None:
+        n, c = len(backends), len(cluster)
+        if n or (mode == "l" and c):
+            name = f"{kind}-{proto}-{mode}-{n}" + (f"-{c}" if mode == "l" else "") + ("-a" if affinity else "")
+            self.chains.add(name)
+            self._put("service-ips" if kind == "ip" else "service-nodeports", key, f"goto {name}")
+            self._slots(f"{kind}-{proto}-backends", key, backends)
+            if mode == "l":
+                self._slots(f"{kind}-{proto}-cluster-backends", key, cluster)
+        if no_endpoints is not None:
+            self._put("no-endpoint-services" if kind == "ip" else "no-endpoint-nodeports", key, no_endpoints)
+
+    def _slots(self, table: str, key: str, backends: tuple[Backend, ...]) -> None:
+        m = self.elements.setdefault(table, {})
+        for i, b in enumerate(backends):
+            m[f"{key} . {i}"] = f"{b.ip!s} . {b.port}"  # !s: IPv4Address.__format__ is slow
+
+    def port(self, p: PortPlan) -> None:
+        proto = p.protocol.value.lower()
+        affinity = p.affinity_timeout is not None
+        internal = p.internal_backends
+        no_internal = None if internal else (f"goto {REJECT_CHAIN}" if not p.all_backends else "drop")
+        for ip in p.cluster_ips:
+            self.dest("ip", proto, f"{ip!s} . {proto} . {p.port}", "c", internal, (), affinity, no_internal)
+        for b in p.local_backends:  # hairpin only happens on the endpoint's own node
+            self.hairpin.add(f"{b.ip!s} . {b.ip!s}")
+        if not p.has_external:
+            return
+        external = p.external_backends
+        if not p.all_backends:
+            no_external: str | None = f"goto {REJECT_CHAIN}"
+        elif not external:
+            no_external = f"goto {DROP_EXTERNAL_CHAIN}"
+        else:
+            no_external = None
+        mode = "l" if p.external_local else "x"
+        cluster = p.all_backends if p.external_local else ()
+        for ip in (*p.external_ips, *p.load_balancer_ips):
+            self.dest("ip", proto, f"{ip!s} . {proto} . {p.port}", mode, external, cluster, affinity, no_external)
+        if p.source_ranges:
+            for ip in p.load_balancer_ips:
+                key = f"{ip} . {proto} . {p.port}"
+                self._put("firewall-ips", key, None)
+                for net in p.source_ranges:
+                    self._put("firewall-allow", f"{key} . {net}", None)
+        if p.node_port is not None:
+            self.dest("np", proto, f"{proto} . {p.node_port}", mode, external, cluster, affinity, no_external)
+
+
+def contribution(ports: Sequence[PortPlan]) -> Contribution:
+    c = Contribution()
+    for p in ports:
+        c.port(p)
+    return c
+
+
+def desired_state(plan: Plan) -> NftState:
+    """The whole table for a plan (used for golden tests and full syncs)."""
+    c = contribution(plan.ports)
+    chains = base_chains(plan.config)
+    for name in sorted(c.chains):
+        chains[name] = (Chain(name), dispatch_rules(name, plan.config))
+    elements: dict[str, dict[str, str | None]] = {s.name: dict(c.elements.get(s.name, {})) for s in SETS}
+    elements["hairpin"] = dict.fromkeys(sorted(c.hairpin))
+    return NftState(chains=chains, sets={s.name: s for s in SETS}, elements=elements)

@@ -1,0 +1,231 @@
+"""The nftables seam: ``Nft`` runs a Transaction with one ``nft -f -`` (atomic); ``FakeNft`` applies it to a copy
+of an in-memory table and commits only on success, enforcing what the kernel enforces."""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cnipy.proxy.errors import ApplyError, FakeApplyError
+from cnipy.proxy.nftables.transaction import Chain, Element, Elements, Rule, Set, Table, Transaction, Verb
+
+
+class NftInterface(Protocol):
+    family: str
+    table: str
+
+    def run(self, tx: Transaction) -> None:
+        """Apply all of ``tx`` or nothing; raise ApplyError on failure."""
+
+    def list_rules(self, chain: str) -> list[str] | None:
+        """The rules of one chain of our table, or None when the chain (or table) does not exist."""
+
+
+class Nft:
+    """The real thing. ``prefix`` runs nft elsewhere, e.g. ``("ip", "netns", "exec", "ns1")``."""
+
+    def __init__(self, family: str = "ip", table: str = "cnipy", *, prefix: Sequence[str] = (),
+                 binary: str = "nft", timeout: float = 300) -> None:
+        self.family, self.table = family, table
+        self.prefix = list(prefix)
+        self.binary = binary
+        self.timeout = timeout
+
+    def run(self, tx: Transaction) -> None:
+        self.run_text(tx.render())
+
+    def run_text(self, text: str) -> None:
+        try:
+            proc = subprocess.run([*self.prefix, self.binary, "-f", "-"], input=text, text=True,
+                                  capture_output=True, timeout=self.timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ApplyError(f"nft could not run: {exc}") from exc
+        if proc.returncode != 0:
+            raise ApplyError(f"nft -f failed (rc={proc.returncode}): {proc.stderr.strip()[:2000]}")
+
+    def list_rules(self, chain: str) -> list[str] | None:
+        proc = subprocess.run([*self.prefix, self.binary, "list", "chain", self.family, self.table, chain],
+                              text=True, capture_output=True, timeout=self.timeout)
+        if proc.returncode != 0:
+            return None
+        lines = [ln.strip() for ln in proc.stdout.splitlines()]
+        return [ln for ln in lines if ln and not ln.startswith(("table ", "chain ", "type ", "}"))]
+
+
+_REF_CHAIN = re.compile(r"\b(?:jump|goto)\s+([A-Za-z][A-Za-z0-9_.-]*)")
+_REF_SET = re.compile(r"@([A-Za-z][A-Za-z0-9_.-]*)")
+
+
+@dataclass
+class _Chain:
+    spec: Chain
+    rules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Set:
+    spec: Set
+    elements: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass
+class _Table:
+    chains: dict[str, _Chain] = field(default_factory=dict)
+    sets: dict[str, _Set] = field(default_factory=dict)
+
+
+class FakeNft:
+    """In-memory nftables for one table with kernel semantics: all-or-nothing transactions, ENOENT for missing
+    objects and for jump/goto/@set targets, EEXIST for a map key re-added with a different value, EBUSY for
+    deleting a chain or set still referenced."""
+
+    def __init__(self, family: str = "ip", table: str = "cnipy") -> None:
+        self.family, self.table = family, table
+        self.state: _Table | None = None
+        self.transactions = 0
+        self.fail_next: str | None = None  # make the next run fail, as a flaky nft would
+
+    def run(self, tx: Transaction) -> None:
+        if (tx.family, tx.table) != (self.family, self.table):
+            raise FakeApplyError("EINVAL", f"transaction for {tx.family} {tx.table}, fake holds {self.table}")
+        if self.fail_next is not None:
+            msg, self.fail_next = self.fail_next, None
+            raise FakeApplyError("EIO", msg)
+        work = copy.deepcopy(self.state)
+        for verb, obj in tx.ops:
+            work = self._apply(work, verb, obj)
+        self.state = work
+        self.transactions += 1
+
+    def list_rules(self, chain: str) -> list[str] | None:
+        if self.state is None or chain not in self.state.chains:
+            return None
+        return list(self.state.chains[chain].rules)
+
+    # The operations, on the working copy.
+    def _apply(self, t: _Table | None, verb: Verb, obj: object) -> _Table | None:
+        if isinstance(obj, Table):
+            if verb is Verb.ADD:
+                return t or _Table()
+            if t is None:
+                raise FakeApplyError("ENOENT", f"{verb} table: no such table")
+            if verb is Verb.DELETE:
+                return None
+            for c in t.chains.values():
+                c.rules.clear()
+            return t
+        if t is None:
+            raise FakeApplyError("ENOENT", f"{verb} {obj}: table does not exist")
+        match obj:
+            case Chain():
+                self._chain(t, verb, obj)
+            case Rule():
+                self._rule(t, obj)
+            case Set():
+                self._set(t, verb, obj)
+            case Element():
+                self._elements(t, verb, obj.set, ((obj.key, obj.value),))
+            case Elements():
+                self._elements(t, verb, obj.set, obj.items)
+        return t
+
+    def _chain(self, t: _Table, verb: Verb, obj: Chain) -> None:
+        have = t.chains.get(obj.name)
+        if verb is Verb.ADD:
+            if have is None:
+                t.chains[obj.name] = _Chain(obj)
+            elif have.spec != obj:
+                raise FakeApplyError("EEXIST", f"chain {obj.name} exists with another type or hook")
+            return
+        if have is None:
+            raise FakeApplyError("ENOENT", f"{verb} chain {obj.name}: no such chain")
+        if verb is Verb.FLUSH:
+            have.rules.clear()
+            return
+        if self._chain_referenced(t, obj.name):
+            raise FakeApplyError("EBUSY", f"delete chain {obj.name}: still referenced")
+        del t.chains[obj.name]
+
+    @staticmethod
+    def _chain_referenced(t: _Table, name: str) -> bool:
+        for c in t.chains.values():
+            if c.spec.name != name and any(name in _REF_CHAIN.findall(r) for r in c.rules):
+                return True
+        target = (f"goto {name}", f"jump {name}")
+        return any(v in target for s in t.sets.values() if s.spec.is_map for v in s.elements.values())
+
+    def _rule(self, t: _Table, obj: Rule) -> None:
+        chain = t.chains.get(obj.chain)
+        if chain is None:
+            raise FakeApplyError("ENOENT", f"add rule: no chain {obj.chain}")
+        for target in _REF_CHAIN.findall(obj.rule):
+            if target not in t.chains:
+                raise FakeApplyError("ENOENT", f"rule {obj.rule!r}: no chain {target}")
+        for ref in _REF_SET.findall(obj.rule):
+            if ref not in t.sets:
+                raise FakeApplyError("ENOENT", f"rule {obj.rule!r}: no set {ref}")
+        chain.rules.append(obj.rule)
+
+    def _set(self, t: _Table, verb: Verb, obj: Set) -> None:
+        have = t.sets.get(obj.name)
+        if verb is Verb.ADD:
+            if have is None:
+                t.sets[obj.name] = _Set(obj)
+            elif have.spec != obj:
+                raise FakeApplyError("EEXIST", f"set {obj.name} exists with another type")
+            return
+        if have is None:
+            raise FakeApplyError("ENOENT", f"{verb} set {obj.name}: no such set")
+        if verb is Verb.FLUSH:
+            have.elements.clear()
+            return
+        if any(obj.name in _REF_SET.findall(r) for c in t.chains.values() for r in c.rules):
+            raise FakeApplyError("EBUSY", f"delete set {obj.name}: used by a rule")
+        del t.sets[obj.name]
+
+    def _elements(self, t: _Table, verb: Verb, set_name: str,
+                  items: Sequence[tuple[str, str | None]] | tuple[tuple[str, str | None], ...]) -> None:
+        s = t.sets.get(set_name)
+        if s is None:
+            raise FakeApplyError("ENOENT", f"{verb} element: no set {set_name}")
+        if verb is Verb.FLUSH:
+            raise FakeApplyError("EINVAL", "flush element is not a command")
+        for key, value in items:
+            if verb is Verb.DELETE:
+                if key not in s.elements:
+                    raise FakeApplyError("ENOENT", f"delete element {set_name} {{ {key} }}: not present")
+                del s.elements[key]
+                continue
+            if s.spec.is_map != (value is not None):
+                raise FakeApplyError("EINVAL", f"element {key} of {set_name}: map needs a value, set none")
+            if value is not None and (m := _REF_CHAIN.match(value)) and m.group(1) not in t.chains:
+                raise FakeApplyError("ENOENT", f"element {key} : {value}: no chain {m.group(1)}")
+            if key in s.elements and s.elements[key] != value:
+                raise FakeApplyError("EEXIST", f"element {key} of {set_name} exists with another value")
+            s.elements[key] = value
+
+    def dump(self) -> str:
+        """Canonical text: sets and chains sorted by name, elements sorted, rules in order."""
+        if self.state is None:
+            return ""
+        out = [f"table {self.family} {self.table}"]
+        for name in sorted(self.state.sets):
+            s = self.state.sets[name]
+            out.append(f"  {'map' if s.spec.is_map else 'set'} {name} {{ {s.spec.type}"
+                       f"{' flags ' + ','.join(s.spec.flags) if s.spec.flags else ''} }}")
+            for key in sorted(s.elements):
+                value = s.elements[key]
+                out.append(f"    {key}" + ("" if value is None else f" : {value}"))
+        for name in sorted(self.state.chains):
+            c = self.state.chains[name]
+            out.append(f"  chain {name}{c.spec.spec()}")
+            out.extend(f"    {r}" for r in c.rules)
+        return "\n".join(out) + "\n"
+
+    def elements(self, set_name: str) -> dict[str, str | None]:
+        assert self.state is not None
+        return dict(self.state.sets[set_name].elements)

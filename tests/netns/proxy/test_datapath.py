@@ -1,0 +1,168 @@
+"""Traffic through real rules in namespaces: both back ends, the same expectations."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cnipy.proxy.model import ClusterState
+from cnipy.proxy.plan import build_plans
+from cnipy.proxy.sync import Proxier
+from tests.netns.proxy.conftest import make_proxier
+from tests.netns.proxy.topology import Topology
+from tests.unit.proxy.builders import config, endpoints, service, state
+
+CHI2_DF3_P001 = 16.27  # chi-square critical value, 3 degrees of freedom, p = 0.001
+
+
+def sync(mode: str, topo: Topology, st: ClusterState, **cfg: Any) -> Proxier:
+    c = config(**cfg)
+    p = make_proxier(mode, topo.node, c)
+    p.sync(build_plans(st, c), None)
+    return p
+
+
+def test_cluster_ip_spreads_connections_equally(mode: str, topo_factory: Callable[..., Topology]) -> None:
+    topo = topo_factory(4)
+    s = service("web", "10.96.0.10")
+    sync(mode, topo, state((s, endpoints(s, *topo.endpoint_ips))))
+    r = topo.probe("tcp", "10.96.0.10", "80", "1000")
+    counts = r["ok"]
+    assert isinstance(counts, dict)
+    assert r["fail"] == 0 and sum(counts.values()) == 1000 and len(counts) == 4
+    chi2 = sum((n - 250) ** 2 / 250 for n in counts.values())
+    assert chi2 < CHI2_DF3_P001, f"shares not equal: {counts} (chi2={chi2:.1f})"
+
+
+def test_node_port_and_output_path(mode: str, topo_factory: Callable[..., Topology]) -> None:
+    topo = topo_factory(2)
+    s = service("web", "10.96.0.10", type="NodePort", node_port=30080)
+    sync(mode, topo, state((s, endpoints(s, *topo.endpoint_ips))))
+    r = topo.probe("tcp", "192.168.100.1", "30080", "20")
+    assert r["fail"] == 0
+    assert r["peers"] == {"10.244.1.1": 20}  # externalTrafficPolicy Cluster: masqueraded
+    r = topo.probe("tcp", "10.96.0.10", "80", "10", ns=topo.node)  # from the node itself (output hook)
+    assert r["fail"] == 0
+    r = topo.probe("tcp", "127.0.0.1", "30080", "1", "1", ns=topo.node)  # localhost NodePorts are off
+    assert r["fail"] == 1
+
+
+def test_external_traffic_policy_local(mode: str, topo_factory: Callable[..., Topology]) -> None:
+    topo = topo_factory(2, two_nodes=True)
+    assert topo.node2 is not None
+    s = service("web", "10.96.0.10", type="NodePort", node_port=30080, etp="Local")
+    st = state((s, endpoints(s, *topo.endpoint_ips, node="node1")))
+    sync(mode, topo, st)
+    c2 = config(node_name="node2")
+    make_proxier(mode, topo.node2, c2).sync(build_plans(st, c2), None)
+    r = topo.probe("tcp", "192.168.100.1", "30080", "20")
+    assert r["fail"] == 0 and r["peers"] == {"192.168.100.2": 20}  # the server sees the client's address
+    start = time.monotonic()
+    r = topo.probe("tcp", "192.168.101.1", "30080", "2", "0.5")  # node2 has no local endpoint: dropped
+    assert r["fail"] == 2 and r["errors"] == {"TimeoutError": 2}
+    assert time.monotonic() - start < 10
+
+
+def test_client_ip_affinity_sticks(mode: str, topo_factory: Callable[..., Topology]) -> None:
+    topo = topo_factory(3)
+    s = service("web", "10.96.0.10", affinity=60)
+    sync(mode, topo, state((s, endpoints(s, *topo.endpoint_ips))))
+    r = topo.probe("tcp", "10.96.0.10", "80", "60")
+    counts = r["ok"]
+    assert isinstance(counts, dict)
+    assert r["fail"] == 0 and len(counts) == 1, counts
+
+
+def test_service_without_endpoints_rejects_at_once(mode: str, topo_factory: Callable[..., Topology]) -> None:
+    topo = topo_factory(1)
+    s = service("empty", "10.96.0.14", type="NodePort", node_port=30083)
+    sync(mode, topo, state((s, None)))
+    start = time.monotonic()
+    r = topo.probe("tcp", "10.96.0.14", "80", "3", "5")
+    assert r["errors"] == {"ConnectionRefusedError": 3}
+    r = topo.probe("tcp", "192.168.100.1", "30083", "3", "5")
+    assert r["errors"] == {"ConnectionRefusedError": 3}
+    assert time.monotonic() - start < 4  # refused, not timed out
+
+
+def test_hairpin(mode: str, topo_factory: Callable[..., Topology]) -> None:
+    topo = topo_factory(1)
+    s = service("web", "10.96.0.10")
+    sync(mode, topo, state((s, endpoints(s, topo.endpoint_ips[0]))))
+    r = topo.probe("tcp", "10.96.0.10", "80", "5", ns=topo.endpoints[0])  # the endpoint reaches itself
+    assert r["fail"] == 0 and r["ok"] == {"ep0": 5}
+    assert r["peers"] == {"10.244.1.1": 5}  # masqueraded, so the reply comes back through the node
+
+
+def test_internal_traffic_policy_local_and_lb_source_ranges(mode: str,
+                                                           topo_factory: Callable[..., Topology]) -> None:
+    topo = topo_factory(2)
+    ips = topo.endpoint_ips
+    itp = service("itp", "10.96.0.15", itp="Local")
+    lb = service("lb", "10.96.0.12", type="LoadBalancer", node_port=30081, lb_ips=("192.0.2.12",),
+                 source_ranges=("198.51.100.0/24",))
+    ext = service("ext", "10.96.0.16", external_ips=("192.0.2.16",))
+    st = state((itp, endpoints(itp, ips[0], ips[1], nodes={ips[1]: "node2"})),
+               (lb, endpoints(lb, *ips)), (ext, endpoints(ext, ips[1])))
+    sync(mode, topo, st)
+    r = topo.probe("tcp", "10.96.0.15", "80", "20")
+    assert r["ok"] == {"ep0": 20}  # only the endpoint on this node
+    r = topo.probe("tcp", "192.0.2.12", "80", "2", "0.5")  # client is outside the source ranges
+    assert r["fail"] == 2
+    r = topo.probe("tcp", "192.0.2.16", "80", "5")  # external IP
+    assert r["ok"] == {"ep1": 5}
+
+
+def test_iptables_legacy_back_end(topo_factory: Callable[..., Topology]) -> None:
+    from tests.conftest import need
+    need("iptables-legacy-restore")
+    topo = topo_factory(2)
+    s = service("web", "10.96.0.10", type="NodePort", node_port=30080)
+    p = sync("iptables-legacy", topo, state((s, endpoints(s, *topo.endpoint_ips))))
+    r = topo.probe("tcp", "10.96.0.10", "80", "20")
+    assert r["fail"] == 0 and len(r["ok"]) == 2  # type: ignore[arg-type]
+    p.cleanup()
+    assert "KUBE-" not in topo.node.run("iptables-legacy-save").stdout
+
+
+def test_udp_stale_conntrack_blackholes_without_cleanup(mode: str, topo_factory: Callable[..., Topology]) -> None:
+    """The control for the daemon's UDP test: change endpoints without deleting conntrack entries and a
+    client that keeps its source port keeps going to the dead endpoint."""
+    topo = topo_factory(2)
+    ep0, ep1 = topo.endpoint_ips
+    s = service("dns", "10.96.0.53", 53, protocol="UDP", target=8080)
+    p = sync(mode, topo, state((s, endpoints(s, ep0))))
+    assert topo.probe("udp", "10.96.0.53", "53", "1", "40000", "0.5")["ok"] == {"ep0": 1}
+    topo.servers[0].kill()
+    c = config()
+    p.sync(build_plans(state((s, endpoints(s, ep1))), c), {s.key})
+    r = topo.probe("udp", "10.96.0.53", "53", "3", "40000", "0.3")
+    assert r["ok"] == {} and r["fail"] == 3
+    topo.node.run("conntrack", "-D", "-p", "udp", "--reply-src", ep0, check=False)
+    assert topo.probe("udp", "10.96.0.53", "53", "1", "40000", "0.5")["ok"] == {"ep1": 1}
+
+
+def test_failed_apply_leaves_previous_rules(mode: str, topo_factory: Callable[..., Topology]) -> None:
+    topo = topo_factory(2)
+    ep0, ep1 = topo.endpoint_ips
+    s = service("web", "10.96.0.10")
+    p = sync(mode, topo, state((s, endpoints(s, ep0))))
+    dump = ["nft", "list", "ruleset"] if mode == "nftables" else ["iptables-save"]
+    before = topo.node.run(*dump).stdout
+    runner: Any = p.nft if mode == "nftables" else p.ipt  # type: ignore[attr-defined]
+    real = runner.run_text if mode == "nftables" else runner.restore
+    broken = (lambda text: real(text + "add rule ip cnipy services bogus\n")) if mode == "nftables" \
+        else (lambda text: real(text.replace("COMMIT", "-A KUBE-SERVICES --bogus\nCOMMIT", 1)))
+    setattr(runner, "run_text" if mode == "nftables" else "restore", broken)
+    import pytest
+
+    from cnipy.proxy.errors import ApplyError
+    with pytest.raises(ApplyError):
+        p.sync(build_plans(state((s, endpoints(s, ep1))), config()), {s.key})
+    strip = (lambda t: "\n".join(ln for ln in t.splitlines() if not ln.startswith("#")))
+    assert strip(topo.node.run(*dump).stdout) == strip(before)
+    assert topo.probe("tcp", "10.96.0.10", "80", "5")["ok"] == {"ep0": 5}
+    setattr(runner, "run_text" if mode == "nftables" else "restore", real)
+    p.sync(build_plans(state((s, endpoints(s, ep1))), config()), None)  # the retry
+    assert topo.probe("tcp", "10.96.0.10", "80", "5")["ok"] == {"ep1": 5}

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from cnipy.proxy.errors import ApplyError, FakeApplyError
+from cnipy.proxy.iptables import names
+from cnipy.proxy.iptables.backend import IptablesProxier
+from cnipy.proxy.iptables.runner import FakeIptables
+from cnipy.proxy.model import ClusterState
+from cnipy.proxy.plan import build_plans, changed_services
+from tests.unit.proxy.builders import config, endpoints, service, state
+from tests.unit.proxy.goldens import check_golden
+from tests.unit.proxy.scenarios import feature_state
+from tests.unit.proxy.test_nftables import _mutate
+
+
+def synced(st: ClusterState, **kw: object) -> tuple[FakeIptables, IptablesProxier]:
+    cfg = config(**kw)
+    fake = FakeIptables()
+    proxier = IptablesProxier(fake, cfg)
+    proxier.sync(build_plans(st, cfg), None)
+    return fake, proxier
+
+
+def test_kube_proxy_chain_names() -> None:
+    # The same hashes kube-proxy computes (values from kube-proxy's own tests).
+    assert names.svc_chain("ns1/svc1:p80", "TCP") == "KUBE-SVC-XPGD46QRK7WJZT7O"
+    assert names.sep_chain("ns1/svc1:p80", "tcp", "10.180.0.1:80") == "KUBE-SEP-SXIVWICOYRO3J4NJ"
+
+
+def test_golden_features() -> None:
+    fake, _ = synced(feature_state())
+    check_golden("iptables_features.txt", fake.dump())
+
+
+def test_golden_localhost_nodeports_and_node_port_addresses() -> None:
+    from ipaddress import IPv4Network
+    s = service("web", "10.96.0.10", type="NodePort", node_port=30080)
+    fake, _ = synced(state((s, endpoints(s, "10.244.1.2"))), masquerade_all=True, localhost_nodeports=True,
+                     node_port_addresses=(IPv4Network("192.168.0.0/16"),))
+    check_golden("iptables_localhost.txt", fake.dump())
+
+
+def test_statistic_probabilities_give_equal_shares() -> None:
+    s = service("web", "10.96.0.10")
+    fake, _ = synced(state((s, endpoints(s, *[f"10.244.1.{i}" for i in range(2, 6)]))))
+    chain = names.svc_chain("default/web", "tcp")
+    probs = [r[r.index("--probability") + 1] for r in fake.tables["nat"][chain] if "--probability" in r]
+    assert probs == ["0.2500000000", "0.3333333333", "0.5000000000"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_partial_syncs_converge_to_the_full_sync(seed: int) -> None:
+    rng = random.Random(seed)
+    cfg = config()
+    st = feature_state()
+    fake = FakeIptables()
+    proxier = IptablesProxier(fake, cfg)
+    proxier.sync(build_plans(st, cfg), None)
+    for _ in range(25):
+        new = _mutate(st, rng)
+        result = proxier.sync(build_plans(new, cfg), changed_services(st, new))
+        assert not result.full
+        st = new
+        reference, _ = synced(st)
+        assert fake.dump() == reference.dump()
+
+
+def test_partial_sync_rewrites_only_changed_chains() -> None:
+    cfg = config()
+    a, b = service("a", "10.96.0.1"), service("b", "10.96.0.2")
+    st = state((a, endpoints(a, "10.244.1.2")), (b, endpoints(b, "10.244.1.3")))
+    fake, proxier = synced(st)
+    seen: list[str] = []
+    real = fake.restore
+    fake.restore = lambda text: (seen.append(text), real(text))[1]  # type: ignore[method-assign,func-returns-value]
+    new = state((a, endpoints(a, "10.244.1.2")), (b, endpoints(b, "10.244.1.4")))
+    proxier.sync(build_plans(new, cfg), {b.key})
+    (text,) = seen
+    assert names.svc_chain("default/a", "tcp") not in text
+    assert names.svc_chain("default/b", "tcp") in text
+    old_sep = names.sep_chain("default/b", "tcp", "10.244.1.3:8080")
+    assert f"-X {old_sep}" in text
+    assert old_sep not in fake.tables["nat"]
+
+
+def test_restart_removes_chains_left_by_an_earlier_run() -> None:
+    cfg = config()
+    a = service("a", "10.96.0.1")
+    fake, _ = synced(state((a, endpoints(a, "10.244.1.2"))))
+    proxier = IptablesProxier(fake, cfg)  # a new process, same kernel
+    proxier.sync(build_plans(state(), cfg), None)
+    assert not [c for c in fake.tables["nat"] if c.startswith(("KUBE-SVC-", "KUBE-SEP-"))]
+
+
+def test_fake_semantics_and_failed_apply() -> None:
+    fake = FakeIptables()
+    with pytest.raises(FakeApplyError, match="ENOENT"):
+        fake.restore("*nat\n:KUBE-A - [0:0]\n-A KUBE-A -j KUBE-B\nCOMMIT\n")
+    assert "KUBE-A" not in fake.tables["nat"]
+    fake.restore("*nat\n:KUBE-A - [0:0]\n:KUBE-B - [0:0]\n-A KUBE-A -j KUBE-B\nCOMMIT\n")
+    with pytest.raises(FakeApplyError, match="EBUSY"):
+        fake.restore("*nat\n-X KUBE-B\nCOMMIT\n")
+    s = service("web", "10.96.0.10")
+    fake, proxier = synced(state((s, endpoints(s, "10.244.1.2"))))
+    before = fake.dump()
+    fake.fail_next = "iptables-restore: line 7 failed"
+    with pytest.raises(ApplyError):
+        proxier.sync(build_plans(state((s, endpoints(s, "10.244.1.3"))), config()), {s.key})
+    assert fake.dump() == before
+
+
+def test_repair_detects_flush_and_missing_jumps() -> None:
+    s = service("web", "10.96.0.10")
+    fake, proxier = synced(state((s, endpoints(s, "10.244.1.2"))))
+    assert not proxier.needs_repair()
+    fake.flush_all("nat")
+    assert proxier.needs_repair()
+    proxier.sync(build_plans(state((s, endpoints(s, "10.244.1.2"))), config()), None)
+    assert not proxier.needs_repair()
+    assert fake.dump() == synced(state((s, endpoints(s, "10.244.1.2"))))[0].dump()

@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import Counter
+
+import pytest
+
+from cnipy.proxy.errors import ApplyError, FakeApplyError
+from cnipy.proxy.model import ClusterState, ServiceKey
+from cnipy.proxy.nftables.backend import NftablesProxier
+from cnipy.proxy.nftables.runner import FakeNft
+from cnipy.proxy.nftables.transaction import Chain, Element, Rule, Set, Table, Transaction
+from cnipy.proxy.plan import build_plans, changed_services
+from tests.unit.proxy.builders import config, endpoints, scale_state, service, state
+from tests.unit.proxy.goldens import check_golden
+from tests.unit.proxy.scenarios import feature_state
+
+
+def synced(st: ClusterState, **kw: object) -> tuple[FakeNft, NftablesProxier]:
+    cfg = config(**kw)
+    fake = FakeNft()
+    proxier = NftablesProxier(fake, cfg)
+    proxier.sync(build_plans(st, cfg), None)
+    return fake, proxier
+
+
+def test_golden_features() -> None:
+    fake, _ = synced(feature_state())
+    check_golden("nftables_features.txt", fake.dump())
+
+
+def test_golden_masquerade_all_and_localhost_nodeports() -> None:
+    s = service("web", "10.96.0.10", type="NodePort", node_port=30080)
+    fake, _ = synced(state((s, endpoints(s, "10.244.1.2"))), masquerade_all=True, localhost_nodeports=True)
+    check_golden("nftables_masq_all.txt", fake.dump())
+
+
+def test_transaction_render() -> None:
+    tx = Transaction("ip", "cnipy")
+    tx.add(Table())
+    tx.add(Chain("nat-prerouting", "nat", "prerouting", "-100"))
+    tx.add(Rule("nat-prerouting", "jump services"))
+    tx.add(Set("s", "type ipv4_addr"))
+    tx.add(Element("s", "10.0.0.1"))
+    tx.add(Element("s", "10.0.0.2"))
+    tx.delete(Element("s", "10.0.0.3"))
+    assert tx.render() == (
+        "add table ip cnipy\n"
+        "add chain ip cnipy nat-prerouting { type nat hook prerouting priority -100; policy accept; }\n"
+        "add rule ip cnipy nat-prerouting jump services\n"
+        "add set ip cnipy s { type ipv4_addr ; }\n"
+        "add element ip cnipy s { 10.0.0.1, 10.0.0.2 }\n"
+        "delete element ip cnipy s { 10.0.0.3 }\n")
+    with pytest.raises(ValueError):
+        tx.add(Chain("bad name"))
+    with pytest.raises(ValueError):
+        tx.add(Rule("c", "a\nb"))
+
+
+def test_fake_enforces_kernel_rules() -> None:
+    fake = FakeNft()
+    tx = Transaction("ip", "cnipy")
+    tx.add(Table())
+    tx.add(Chain("a"))
+    tx.add(Rule("a", "jump missing"))
+    with pytest.raises(FakeApplyError, match="ENOENT"):
+        fake.run(tx)
+    assert fake.state is None  # nothing committed
+    tx = Transaction("ip", "cnipy")
+    tx.add(Table())
+    tx.add(Chain("a"))
+    tx.add(Chain("b"))
+    tx.add(Rule("a", "jump b"))
+    tx.add(Set("m", "type ipv4_addr : verdict", is_map=True))
+    tx.add(Element("m", "10.0.0.1", "goto b"))
+    fake.run(tx)
+    for bad, errno in [
+        (Element("m", "10.0.0.1", "goto a"), "EEXIST"),
+        (Element("m", "10.0.0.2", "goto nowhere"), "ENOENT"),
+        (Rule("a", "ip daddr @nosuchset drop"), "ENOENT"),
+    ]:
+        tx = Transaction("ip", "cnipy")
+        tx.add(bad)
+        with pytest.raises(FakeApplyError, match=errno):
+            fake.run(tx)
+    tx = Transaction("ip", "cnipy")
+    tx.delete(Chain("b"))
+    with pytest.raises(FakeApplyError, match="EBUSY"):
+        fake.run(tx)
+    tx = Transaction("ip", "cnipy")
+    tx.delete(Element("m", "10.0.0.9"))
+    with pytest.raises(FakeApplyError, match="ENOENT"):
+        fake.run(tx)
+    assert fake.elements("m") == {"10.0.0.1": "goto b"}
+
+
+def _mutate(st: ClusterState, rng: random.Random) -> ClusterState:
+    services, slices = dict(st.services), dict(st.slices)
+    keys = sorted(services)
+    key = rng.choice(keys)
+    svc = services[key]
+    action = rng.randrange(4)
+    if action == 0:  # endpoints change
+        n = rng.randrange(0, 5)
+        ips = [f"10.244.{rng.randrange(1, 3)}.{rng.randrange(2, 250)}" for _ in range(n)]
+        slices[key] = (endpoints(svc, *ips, nodes={ip: "node1" if ip.startswith("10.244.1.") else "node2"
+                                                   for ip in ips}),) if ips else ()
+    elif action == 1:  # delete the service
+        del services[key]
+        slices.pop(key, None)
+    elif action == 2:  # flip policies / affinity
+        services[key] = dataclasses.replace(
+            svc, affinity_timeout=None if svc.affinity_timeout else 100,
+            external_traffic_policy=rng.choice(list(type(svc.external_traffic_policy))))
+    else:  # a new service
+        i = rng.randrange(1000)
+        s = service(f"new{i}", f"10.96.1.{i % 250 + 1}", type="NodePort", node_port=31000 + i)
+        services[s.key] = s
+        slices[s.key] = (endpoints(s, f"10.244.1.{i % 250 + 1}"),)
+    return ClusterState(services=services, slices=slices)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_partial_syncs_converge_to_the_full_sync(seed: int) -> None:
+    rng = random.Random(seed)
+    cfg = config()
+    st = feature_state()
+    fake = FakeNft()
+    proxier = NftablesProxier(fake, cfg)
+    proxier.sync(build_plans(st, cfg), None)
+    for _ in range(25):
+        new = _mutate(st, rng)
+        changed = changed_services(st, new)
+        result = proxier.sync(build_plans(new, cfg), changed)
+        assert not result.full
+        st = new
+        reference, _ = synced(st)
+        assert fake.dump() == reference.dump()
+        assert result.elements == sum(len(s.elements) for s in reference.state.sets.values())  # type: ignore[union-attr]
+
+
+def test_partial_sync_only_touches_elements() -> None:
+    cfg = config()
+    st = scale_state(50, 4)
+    fake = FakeNft()
+    proxier = NftablesProxier(fake, cfg)
+    proxier.sync(build_plans(st, cfg), None)
+    key = ServiceKey("default", "svc7")
+    svc = st.services[key]
+    new = ClusterState(services=st.services, slices={**st.slices, key: (endpoints(svc, "10.244.9.1"),)})
+    seen: list[Transaction] = []
+    real_run = fake.run
+
+    def spy(tx: Transaction) -> None:
+        seen.append(tx)
+        real_run(tx)
+
+    fake.run = spy  # type: ignore[method-assign]
+    result = proxier.sync(build_plans(new, cfg), {key})
+    (tx,) = seen
+    kinds = Counter(type(obj).__name__ for _, obj in tx.ops)
+    assert set(kinds) <= {"Elements", "Chain", "Rule"} and "Table" not in kinds
+    assert result.operations <= 16  # 4 slots + 4 hairpin out, 1 + 1 in, the vmap entry, maybe a chain
+
+
+def test_failed_apply_keeps_previous_rules_and_state() -> None:
+    cfg = config()
+    s = service("web", "10.96.0.10")
+    st = state((s, endpoints(s, "10.244.1.2")))
+    fake, proxier = synced(st)
+    before = fake.dump()
+    new = state((s, endpoints(s, "10.244.1.3")))
+    fake.fail_next = "nft exploded"
+    with pytest.raises(ApplyError):
+        proxier.sync(build_plans(new, cfg), {s.key})
+    assert fake.dump() == before
+    proxier.sync(build_plans(new, cfg), {s.key})  # the retry works from the remembered state
+    assert "10.244.1.3 . 8080" in fake.dump() and "10.244.1.2 . 8080" not in fake.dump()
+
+
+def test_slots_cover_every_backend_exactly_once() -> None:
+    # Equal shares: numgen random mod n over slots 0..n-1, and slot i holds backend i.
+    s = service("web", "10.96.0.10")
+    ips = [f"10.244.1.{i}" for i in range(2, 9)]
+    fake, _ = synced(state((s, endpoints(s, *ips))))
+    slots = {k: v for k, v in fake.elements("ip-tcp-backends").items() if k.startswith("10.96.0.10 ")}
+    assert sorted(int(k.rsplit(" ", 1)[1]) for k in slots) == list(range(len(ips)))
+    assert sorted(v.split(" ")[0] for v in slots.values() if v) == sorted(ips)
+    assert fake.elements("service-ips")["10.96.0.10 . tcp . 80"] == "goto ip-tcp-c-7"
+
+
+def test_repair_detects_flushed_table() -> None:
+    s = service("web", "10.96.0.10")
+    fake, proxier = synced(state((s, endpoints(s, "10.244.1.2"))))
+    assert not proxier.needs_repair()
+    tx = Transaction("ip", "cnipy")
+    tx.flush(Table())
+    fake.run(tx)
+    assert proxier.needs_repair()
+    tx = Transaction("ip", "cnipy")
+    tx.delete(Table())
+    fake.run(tx)
+    assert proxier.needs_repair()
