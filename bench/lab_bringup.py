@@ -4,7 +4,9 @@
         [--backend static]
 
 Each round is a full `up` of a fresh lab (unique name) followed by `down`, both timed; the steps of `up` are
-timed too (namespaces, underlay, nodes, back end, pod attachment). The plugin sets alternate within a round, so
+timed too (namespaces, underlay, nodes, back end, pod attachment). Variants: cnipy (cnipy's plugins, a CNI daemon in
+every node: the default), cnipy-exec (each call starts the Python plugin), reference (the Go plugins). The
+variants alternate within a round, so
 drift in machine load hits both alike. A `check` after the first up of each shape proves the lab works (a lab
 that is fast but broken does not count). Prints medians; JSON goes to bench/results/lab_bringup-<time>.json.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import signal
 import statistics
 import sys
 import tempfile
@@ -50,11 +53,23 @@ class StepTimer:
             self.current = None
 
 
+VARIANTS = {  # name -> (plugin set, CNI node daemons)
+    "cnipy": ("cnipy", True),
+    "cnipy-exec": ("cnipy", False),
+    "reference": ("reference", False),
+}
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so that `finally: down(...)` runs on SIGTERM too
+
+
 def one(shape: tuple[int, int], plugins: str, backend: str, state_root: Path, verify: bool) -> dict[str, object]:
     nodes, pods = shape
     name = f"cnb{secrets.token_hex(4)}"
-    spec = LabSpec(name=name, nodes=nodes, pods_per_node=pods, plugins=plugins, backend=backend,
-                   state_root=state_root)
+    plugin_set, daemon = VARIANTS[plugins]
+    spec = LabSpec(name=name, nodes=nodes, pods_per_node=pods, plugins=plugin_set, backend=backend,
+                   state_root=state_root, cni_daemon=daemon)
     timer = StepTimer()
     t0 = time.perf_counter()
     try:
@@ -80,13 +95,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shapes", default="3x4,20x5")
-    parser.add_argument("--plugins", default="cnipy,reference")
+    parser.add_argument("--plugins", default="cnipy,reference",
+                        help=f"variants to compare: {', '.join(VARIANTS)} (cnipy-exec: no node daemons)")
     parser.add_argument("--backend", default="static")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     plugin_sets = args.plugins.split(",")
     runs: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory(prefix="cnipy-bench-lab-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cnb-", dir="/run") as tmp:  # short: daemon sockets live below
         for shape in shapes:
             for r in range(args.rounds):
                 order = plugin_sets if r % 2 == 0 else list(reversed(plugin_sets))
@@ -106,7 +123,7 @@ def main() -> int:
             attach = statistics.median(
                 next((v for k, v in r["steps"].items() if k.startswith("attaching")), 0.0)  # type: ignore[union-attr]
                 for r in mine)
-            print(f"  {shape[0]}x{shape[1]:<6} {plugins:<10} {up_med:>7.2f}s {attach:>7.2f}s {down_med:>7.2f}s")
+            print(f"  {f'{shape[0]}x{shape[1]}':<8} {plugins:<10} {up_med:>7.2f}s {attach:>7.2f}s {down_med:>7.2f}s")
             summary.append({"shape": f"{shape[0]}x{shape[1]}", "plugins": plugins, "up_median_s": up_med,
                             "attach_median_s": attach, "down_median_s": down_med})
     out = ROOT / "bench" / "results"

@@ -49,8 +49,11 @@ def lab() -> None:
               help=f"Cross-node back end: {', '.join(sorted(backends.BACKENDS))}.")
 @click.option("--plugins", type=click.Choice(sorted(PLUGIN_SETS)), default="cnipy", show_default=True,
               help="CNI plugins to attach pods with: cnipy's own, or the reference (Go) plugins.")
+@click.option("--cni-daemon/--no-cni-daemon", default=True, show_default=True,
+              help="Run cnipy's CNI daemon in every node, as a real node does (faster calls).")
 @root_option
-def up(name: str, nodes: int, pods: int, segments: int, backend: str, plugins: str, state_root: Path) -> None:
+def up(name: str, nodes: int, pods: int, segments: int, backend: str, plugins: str, cni_daemon: bool,
+       state_root: Path) -> None:
     """Bring a lab up (idempotent: an up lab of the same shape is left as it is)."""
     from cnipy.lab.build import up as build
     from cnipy.lab.progress import TerminalProgress
@@ -58,7 +61,7 @@ def up(name: str, nodes: int, pods: int, segments: int, backend: str, plugins: s
     _need_root()
     try:
         spec = LabSpec(name=name, nodes=nodes, pods_per_node=pods, segments=segments, backend=backend,
-                       plugins=plugins, state_root=state_root)
+                       plugins=plugins, state_root=state_root, cni_daemon=cni_daemon)
         click.echo(f"lab {name}: {spec.describe()}", err=True)
         build(spec, TerminalProgress())
     except KeyboardInterrupt:

@@ -33,6 +33,8 @@ class BuildError(Exception):
 
 
 def _defines(plugin: str | None) -> list[str]:
+    if any(c in str(ROOT) for c in '"\\\n'):
+        raise BuildError(f"the checkout's path {str(ROOT)!r} can not be compiled into a C string")
     out = [f'-DCNIPY_ROOT="{ROOT}"', f'-DCNIPY_LATEST="{V.LATEST}"', f'-DCNIPY_VERSIONS="{",".join(V.SUPPORTED)}"']
     if plugin is not None:
         out.append(f'-DCNIPY_PLUGIN="{plugin}"')

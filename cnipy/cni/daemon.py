@@ -287,12 +287,12 @@ class Daemon:
                                                 f"more than {self.max_concurrent} calls at once"), request.stdin)
         try:
             conn.sendall(wire.MAGIC)  # from here on the call may change state
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             reply = self.call(request)
             with self._workers_lock:
                 self.calls += 1
-            log.debug("%s %s -> %d in %.1f ms", request.plugin, request.env.get("CNI_COMMAND", ""),
-                      reply.exit_code, (time.perf_counter() - started) * 1e3)
+            log.debug("%s %s -> %d in %.1f ms (%.1f ms CPU)", request.plugin, request.env.get("CNI_COMMAND", ""),
+                      reply.exit_code, (time.perf_counter() - started) * 1e3, (time.thread_time() - cpu) * 1e3)
             return reply
         finally:
             self._slots.release()

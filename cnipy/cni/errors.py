@@ -3,17 +3,18 @@
     CniError                        any error a plugin reports (code, msg, details)
     ├── IncompatibleVersion      1  the config's cniVersion is not one we speak
     ├── UnsupportedField         2  a field or verb is not supported at this version
-    ├── UnknownContainer         3  the container or its namespace does not exist
+    ├── UnknownContainer         3  the container or its namespace does not exist (IPAM CHECK: it holds nothing)
     ├── InvalidEnvironment       4  a CNI_* variable is missing or malformed
     ├── IOFailure                5  reading stdin, a state file or the kernel failed
-    ├── DecodeFailure            6  stdin or a delegate's output is not valid JSON
-    ├── InvalidConfig            7  the network configuration is wrong
+    ├── DecodeFailure            6  stdin or a delegate's output is not JSON, or a prevResult is not a result
+    ├── InvalidConfig            7  the configuration is JSON but a value or type in it is wrong
     ├── TryAgainLater           11  a transient condition; the runtime should retry
     ├── PluginNotAvailable      50  (STATUS) the plugin cannot serve ADD now
     ├── LimitedConnectivity     51  (STATUS) existing pods may have limited connectivity
     ├── InternalError          100  a bug: an unexpected exception, reported without a traceback
     ├── AddressExhausted       101  IPAM: no free address left in the requested ranges
-    ├── AddressUnavailable     102  IPAM: a requested address is taken or outside the ranges
+    ├── AddressUnavailable     102  IPAM: a requested address is taken or outside the ranges, or the
+    │                               attachment already holds an address there (a repeated ADD)
     ├── InterfaceExists        103  the container interface already exists on ADD
     ├── KernelError            104  a netlink or sysctl operation failed
     ├── RuleError              105  applying iptables or nftables rules failed

@@ -45,7 +45,9 @@ class Allocator:
         reserved: list[IPAddress] = []
         with self.store.locked():
             try:
-                held = self._owned(container_id, ifname, self.store.allocations())
+                allocations = self.store.allocations()  # one directory scan per ADD
+                taken = set(allocations)
+                held = self._owned(container_id, ifname, allocations)
                 for idx, rs in enumerate(self.range_sets):
                     ip = next((w for w in wanted if rs.contains(w)), None)
                     if ip is not None:
@@ -56,8 +58,9 @@ class Allocator:
                         if dup is not None:
                             raise AddressUnavailable(
                                 f"{dup} has been allocated to {container_id}, duplicate allocation is not allowed")
-                        ip, r = self._reserve_next(owner, rs, idx)
+                        ip, r = self._reserve_next(owner, rs, idx, taken)
                     reserved.append(ip)
+                    taken.add(ip)
                     out.append(IPConfig(ipaddress.ip_interface(f"{ip}/{r.subnet.prefixlen}"), r.gateway))
                 if wanted:
                     raise AddressUnavailable("failed to allocate all requested IPs",
@@ -77,8 +80,7 @@ class Allocator:
             raise AddressUnavailable(f"requested IP address {ip} is not available in range set {rs}")
         return r
 
-    def _reserve_next(self, owner: Owner, rs: RangeSet, idx: int) -> tuple[IPAddress, Range]:
-        taken = self.store.allocations().keys()
+    def _reserve_next(self, owner: Owner, rs: RangeSet, idx: int, taken: set[IPAddress]) -> tuple[IPAddress, Range]:
         for ip, r in rs.candidates(self.store.last_reserved(idx)):
             # `taken` only saves system calls: reserve() is the authority (O_EXCL on disk).
             if ip not in taken and self.store.reserve(owner, ip, idx):

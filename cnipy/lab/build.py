@@ -7,6 +7,7 @@ knows the spec, and says `"phase": "up"` only once everything is in place.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cnipy.lab import backend as backends
-from cnipy.lab import runtime, sh
+from cnipy.lab import procs, runtime, sh
 from cnipy.lab.errors import LabError
 from cnipy.lab.files import private_dir, write_json
 from cnipy.lab.model import Lab, LabSpec, Node, plan
@@ -23,6 +24,8 @@ from cnipy.lab.progress import NullProgress, Progress
 from cnipy.lab.state import read_state, write_state
 
 SYSCTLS_FILE = Path(__file__).with_name("node-sysctls.conf")
+MAX_SOCKET_PATH = 107
+DAEMON_START_TIMEOUT = 60.0
 ATTACH_WORKERS = 8
 
 
@@ -67,6 +70,9 @@ def up(spec: LabSpec, progress: Progress | None = None) -> Lab:
     if lab.router is not None:
         apply_sysctls(lab.router.netns, [("net.ipv4.ip_forward", "1")])
     private_dir(lab.backend_dir)
+    if spec.uses_cni_daemon and lab.pods:
+        progress.step(f"starting {len(lab.nodes)} CNI node daemons")
+        start_cni_daemons(lab)
 
     progress.step(f"starting the {spec.backend} back end")
     backend.prepare(lab)
@@ -100,6 +106,20 @@ def _attach_all(lab: Lab, conflists: dict[str, dict[str, Any]], progress: Progre
     with ThreadPoolExecutor(workers, thread_name_prefix="cnipy-lab-attach") as pool:
         for future in [pool.submit(attach_node, node) for node in lab.nodes]:
             future.result()
+
+
+def start_cni_daemons(lab: Lab) -> None:
+    """One cnipy CNI daemon per node, inside the node (it does the host side of a call in its own namespace).
+    Waits until every socket is up; a daemon that is not up only makes calls slower (the front runs Python)."""
+    for node in lab.nodes:
+        if len(str(node.cni_socket)) > MAX_SOCKET_PATH:
+            raise LabError(f"{node.cni_socket} is too long for a unix socket: use a shorter --state-root")
+        private_dir(node.cni_socket.parent)
+        procs.spawn(lab, node.netns, f"cni-daemon-{node.name}", [
+            sys.executable, "-m", "cnipy.cni.daemon", "--socket", str(node.cni_socket), "--processes", "1"])
+    deadline = time.monotonic() + DAEMON_START_TIMEOUT
+    while time.monotonic() < deadline and not all(n.cni_socket.exists() for n in lab.nodes):
+        time.sleep(0.05)
 
 
 def _check_plugins(lab: Lab) -> None:

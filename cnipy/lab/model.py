@@ -53,6 +53,7 @@ class LabSpec:
     backend: str = "static"
     plugins: str = "cnipy"
     state_root: Path = STATE_ROOT
+    cni_daemon: bool = True  # run cnipy's CNI node daemon in every node (cnipy plugins only), as a node would
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
@@ -67,8 +68,13 @@ class LabSpec:
             raise LabError(f"--plugins must be one of {', '.join(PLUGIN_SETS)}")
 
     def describe(self) -> str:
+        daemon = " (node daemons)" if self.uses_cni_daemon else ""
         return (f"{self.nodes} nodes x {self.pods_per_node} pods, {self.segments} segment(s), "
-                f"back end {self.backend}, plugins {self.plugins}")
+                f"back end {self.backend}, plugins {self.plugins}{daemon}")
+
+    @property
+    def uses_cni_daemon(self) -> bool:
+        return self.cni_daemon and self.plugins == "cnipy"
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,11 @@ class Node:
     @property
     def ipam_dir(self) -> Path:
         return self.state_dir / "ipam"
+
+    @property
+    def cni_socket(self) -> Path:
+        """The node's CNI daemon socket; plugin calls always name it, so they never reach another daemon."""
+        return self.state_dir / "run" / "cni" / "cni.sock"
 
     @property
     def run_dir(self) -> Path:

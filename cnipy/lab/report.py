@@ -88,7 +88,7 @@ def status_text(st: LabStatus) -> str:
     lab = st.lab
     took = f" in {st.seconds:.1f}s" if st.seconds is not None else ""
     lines = [f"lab {lab.name}: {st.phase}{took}; {lab.spec.describe()}", f"state: {lab.state_dir}"]
-    rows = [["node", "netns", "underlay", "segment", "pod CIDR", "pods"]]
+    rows = [["node", "netns", "underlay", "segment", "pod CIDR (plan)", "pods"]]
     for node in lab.nodes:
         pods = [p for p in st.pods if p.node == node.name]
         shown = ", ".join(f"{p.name}={p.ip or '?'}{'' if p.present else ' (missing)'}" for p in pods)

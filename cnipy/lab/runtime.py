@@ -111,6 +111,9 @@ def _exec(lab: Lab, node: Node, pod: Pod, command: str, conf: dict[str, Any]) ->
         "CNI_IFNAME": pod.ifname,
         "CNI_PATH": str(lab.plugins.directory),
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        # cnipy's plugin front forwards calls to this node's daemon, or runs the plugin itself when it is not up;
+        # never to a daemon of the host or another node (a daemon does the host side in its own namespace).
+        "CNIPY_CNI_SOCKET": str(node.cni_socket),
     }
     argv = sh.in_netns(node.netns, [str(executable)])
     try:

@@ -8,7 +8,6 @@ lab namespace, delete the namespaces (their links, routes and rules go with them
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -77,9 +76,6 @@ def down(name: str, *, state_root: Path = STATE_ROOT, progress: Progress | None 
     shutil.rmtree(state_dir, ignore_errors=True)
     if state_dir.exists():
         report.leftovers.append(f"directory {state_dir}")
-    if state_root == STATE_ROOT:
-        with contextlib.suppress(OSError):
-            state_root.rmdir()  # only when no other lab is left in it
     progress.finish()
     return report
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -27,12 +28,12 @@ from cnipy.lab.files import private_dir, write_json
 from cnipy.lab.model import Lab, LabSpec, Node, plan
 from cnipy.lab.static import route_line
 
-STATE_ROOT = Path("/var/lib/cnipy-vm")
-CNI_CONF_DIR = Path("/etc/cni/net.d")
+STATE_ROOT = Path(os.environ.get("CNIPY_VM_STATE_ROOT", "/var/lib/cnipy-vm"))
+CNI_CONF_DIR = Path(os.environ.get("CNIPY_VM_CNI_CONF_DIR", "/etc/cni/net.d"))
 
 
-def vm_lab(nodes: int, count: int, underlay: IPv4Network) -> Lab:
-    lab = plan(LabSpec(name="vm", nodes=nodes, pods_per_node=count, state_root=STATE_ROOT))
+def vm_lab(nodes: int, count: int, underlay: IPv4Network, name: str = "vm") -> Lab:
+    lab = plan(LabSpec(name=name, nodes=nodes, pods_per_node=count, state_root=STATE_ROOT, cni_daemon=False))
     moved = tuple(dataclasses.replace(n, netns="", gateway=None, underlay_ip=IPv4Interface(
         f"{underlay.network_address + 10 + n.index}/{underlay.prefixlen}")) for n in lab.nodes)
     return dataclasses.replace(lab, nodes=moved)
@@ -106,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--underlay", type=IPv4Network, default=IPv4Network("192.168.56.0/24"))
     parser.add_argument("--count", type=int, default=2, help="pods on each node")
     parser.add_argument("--targets", type=Path, help="JSON list of every node's pods (probe)")
+    parser.add_argument("--name", default="vm", help="prefix of the pods' namespace names")
     args = parser.parse_args(argv)
-    lab = vm_lab(args.nodes, args.count, args.underlay)
+    lab = vm_lab(args.nodes, args.count, args.underlay, args.name)
     node = lab.nodes[args.index - 1]
     if args.command == "setup":
         setup(lab, node)

@@ -7,9 +7,9 @@ import errno as E
 from dataclasses import dataclass
 from typing import Any
 
-from cnipy.netlink.errors import AlreadyExists, NotFound, WrongKind
+from cnipy.netlink.errors import AlreadyExists, InterfaceNotFound, NotFound, WrongKind
 from cnipy.netlink.links import LinkInfo, _info
-from cnipy.netlink.route import guarded, ipr, link_index
+from cnipy.netlink.route import guarded, ipr, link_by_name, link_index
 
 AF_BRIDGE = 7
 BRIDGE_VLAN_INFO_PVID = 0x2
@@ -46,7 +46,7 @@ def ensure_bridge(netns: str | None, name: str, *, mtu: int = 0, vlan_filtering:
         except AlreadyExists:
             pass  # made by us earlier or by a concurrent ADD: take it as it is
         with guarded(f"get bridge {name}"):
-            info = _info(sock.get_links(link_index(sock, name))[0])
+            info = _info(link_by_name(sock, name))
     if info.kind != "bridge":
         raise WrongKind(f"{name!r} already exists but is not a bridge (it is {info.kind or 'a device'})",
                         E.EEXIST)
@@ -75,7 +75,7 @@ def set_port_options(netns: str | None, port: str, *, hairpin: bool | None = Non
 
 def port_options(netns: str | None, port: str) -> PortOptions:
     with ipr(netns) as sock, guarded(f"get bridge port options of {port}"):
-        msg = sock.get_links(link_index(sock, port))[0]
+        msg = link_by_name(sock, port)
     linkinfo = msg.get_attr("IFLA_LINKINFO")
     data = linkinfo.get_attr("IFLA_INFO_SLAVE_DATA") if linkinfo is not None else None
     if data is None:
@@ -123,10 +123,10 @@ def remove_port_vlans(netns: str | None, port: str) -> None:
 
 def is_bridge(netns: str | None, name: str) -> bool:
     with ipr(netns) as sock, guarded(f"get {name}"):
-        found = sock.link_lookup(ifname=name)
-        if not found:
+        try:
+            return _info(link_by_name(sock, name)).kind == "bridge"
+        except InterfaceNotFound:
             return False
-        return _info(sock.get_links(found[0])[0]).kind == "bridge"
 
 
 __all__ = ["AF_BRIDGE", "PortOptions", "PortVlan", "add_port_vlan", "del_port_vlan", "ensure_bridge",

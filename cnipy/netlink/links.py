@@ -11,9 +11,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from cnipy.netlink.errors import AlreadyExists, WrongKind
+from cnipy.netlink.errors import AlreadyExists, InterfaceNotFound, WrongKind
 from cnipy.netlink.ns import open_netns
-from cnipy.netlink.route import guarded, ipr, link_index
+from cnipy.netlink.route import guarded, ipr, link_by_name, link_index
 
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
@@ -61,7 +61,7 @@ def _info(msg: Any) -> LinkInfo:
 def get_link(netns: str | None, name: str) -> LinkInfo:
     """The link called `name`; InterfaceNotFound when there is none."""
     with ipr(netns) as sock, guarded(f"get link {name}"):
-        return _info(sock.get_links(link_index(sock, name))[0])
+        return _info(link_by_name(sock, name))
 
 
 def get_link_by_index(netns: str | None, index: int) -> LinkInfo:
@@ -76,7 +76,11 @@ def list_links(netns: str | None) -> list[LinkInfo]:
 
 def link_exists(netns: str | None, name: str) -> bool:
     with ipr(netns) as sock, guarded(f"look up {name}"):
-        return bool(sock.link_lookup(ifname=name))
+        try:
+            link_by_name(sock, name)
+        except InterfaceNotFound:
+            return False
+        return True
 
 
 def set_link_up(netns: str | None, name: str) -> None:
@@ -105,8 +109,9 @@ def set_mac(netns: str | None, name: str, mac: str) -> None:
 
 def set_promisc(netns: str | None, name: str, on: bool) -> None:
     with ipr(netns) as sock, guarded(f"set promisc {'on' if on else 'off'} on {name}"):
-        idx = link_index(sock, name)
-        flags = int(sock.get_links(idx)[0]["flags"])
+        link = link_by_name(sock, name)
+        idx = int(link["index"])
+        flags = int(link["flags"])
         flags = flags | IFF_PROMISC if on else flags & ~IFF_PROMISC
         sock.link("set", index=idx, flags=flags, change=IFF_PROMISC)
 
@@ -153,7 +158,7 @@ def create_veth(netns: str | None, peer_netns: str | None, peer_name: str, *, mt
                     if host_name or link_exists(peer_netns if peer_netns else netns, peer_name):
                         raise
                     continue  # the random host name collided: pick another
-                host = _info(sock.get_links(link_index(sock, name))[0])
+                host = _info(link_by_name(sock, name))
                 break
             else:
                 raise AlreadyExists("could not find a free veth name", E.EEXIST)

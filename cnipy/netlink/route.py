@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,11 +27,18 @@ def ipr(netns: str | None = None) -> Iterator[Any]:
         sock.close()
 
 
+def link_by_name(sock: Any, name: str) -> Any:
+    """The link message for `name`, asked for by name (one message; `link_lookup` dumps every link)."""
+    try:
+        return sock.link("get", ifname=name)[0]
+    except _PyrNetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            raise InterfaceNotFound(f"no link named {name}", exc.code) from exc
+        raise translate(exc, f"get link {name}") from exc
+
+
 def link_index(sock: Any, name: str) -> int:
-    found = sock.link_lookup(ifname=name)
-    if not found:
-        raise InterfaceNotFound(f"no link named {name}")
-    return int(found[0])
+    return int(link_by_name(sock, name)["index"])
 
 
 def guarded(what: str) -> Any:

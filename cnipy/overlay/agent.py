@@ -52,6 +52,7 @@ class AgentOptions:
     release_on_exit: bool = False  # node removal: give the subnet back and delete the device
     masquerade_rules: bool = True  # install the agent's masquerade chain when the config asks for it
     retry: float = 1.0
+    monitor: bool = True  # watch netlink for deletions (off: periodic resync only; unit tests on fakes)
 
 
 @dataclass
@@ -60,7 +61,6 @@ class _State:
     peers: dict[ipaddress.IPv4Network, leases.Lease] = field(default_factory=dict)
     ready_reason: str = "starting"
     ready: bool = False
-    programmed_at: dict[ipaddress.IPv4Network, float] = field(default_factory=dict)
 
 
 METRICS = {
@@ -232,11 +232,16 @@ class Agent:
         if self._stopping.is_set():
             return
         self._spawn("peers", self._peers_loop)
-        self._spawn("monitor", self._monitor_loop)
+        if self.opts.monitor:
+            self._spawn("monitor", self._monitor_loop)
         self._spawn("reconcile", self._reconcile_loop)
-        interval = max(0.5, self.opts.lease_ttl / 3)
+        self._renew_loop()
+
+    def _renew_loop(self) -> None:
+        every = max(0.5, self.opts.lease_ttl / 3)
+        failing = False
         while not self._stopping.is_set():
-            lost = self._lease_lost.wait(interval)
+            lost = self._lease_lost.wait(self.opts.retry if failing else every)
             if self._stopping.is_set():
                 return
             try:
@@ -244,18 +249,24 @@ class Agent:
                     raise leases.LeaseLost("our lease key was deleted or taken")
                 self.store.renew()
                 self.metrics.inc("cnipy_overlay_lease_renewals_total")
+                if failing:
+                    # The store is back after failures: a watch on a half-open connection could hang for
+                    # ever, so restart it (list again) rather than trust it.
+                    self._restart_watch()
+                failing = False
             except leases.LeaseLost as exc:
                 log.warning("%s: acquiring again", exc)
                 self._lease_lost.clear()
                 self._retry_acquire()
+                failing = False
             except leases.LeaseError as exc:
                 self.metrics.inc("cnipy_overlay_store_errors_total")
                 log.warning("lease renewal failed (will retry): %s", exc)
-                interval = self.opts.retry
-                continue
-            interval = max(0.5, self.opts.lease_ttl / 3)
+                failing = True
 
     def _retry_acquire(self) -> None:
+        self.state.ready, self.state.ready_reason = False, "lease lost, acquiring again"
+        self.metrics.set("cnipy_overlay_ready", 0)
         while not self._stopping.is_set():
             try:
                 self._acquire()
@@ -295,6 +306,12 @@ class Agent:
             self.metrics.inc("cnipy_overlay_watch_restarts_total")
             if not self._sleep(self.opts.retry):
                 return
+
+    def _restart_watch(self) -> None:
+        w = self._watch
+        if w is not None:
+            with contextlib.suppress(Exception):
+                w.close()
 
     def _check_own(self) -> None:
         own = self.state.lease
@@ -352,10 +369,6 @@ class Agent:
             log.error("%s", why)
         applied = reconcile(self.kernel, self.backend.device, want)
         now = time.time()
-        for route in want.routes:
-            self.state.programmed_at.setdefault(route.dst, now)
-        for gone in set(self.state.programmed_at) - {r.dst for r in want.routes}:
-            del self.state.programmed_at[gone]
         self.metrics.inc("cnipy_overlay_reconciles_total")
         self.metrics.inc("cnipy_overlay_kernel_changes_total", applied.added + applied.removed)
         self.metrics.set("cnipy_overlay_peers", len([p for p in peers if p.subnet != own.subnet]))

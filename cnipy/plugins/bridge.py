@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnipy.cni import Interface, IPConfig, Request, Result, Route, invoke
 from cnipy.cni.errors import (
@@ -28,6 +28,9 @@ from cnipy.plugins.common import config as C
 from cnipy.plugins.common import container, ipam, masq, spoofchk
 from cnipy.plugins.common.kernel import kernel
 from cnipy.plugins.common.masq import Attachment
+
+if TYPE_CHECKING:
+    from cnipy.netlink import LinkInfo, VethPair
 
 ABOUT = "CNI cnipy-bridge plugin"
 DEFAULT_BRIDGE = "cni0"
@@ -132,12 +135,12 @@ def cmd_add(req: Request) -> Result:
             undo.callback(_quietly, spoofchk.teardown, att)
         interfaces = [Interface(br.name, br.mac), Interface(veth.host, veth.host_mac),
                       Interface(req.ifname, veth.peer_mac, req.netns)]
-        result = Result(req.config.cni_version, tuple(interfaces))
+        result = Result(req.config.cni_version, tuple(interfaces), dns=req.config.dns)
         if allocated is not None:
             ips, routes, gateways = _gateways(conf, allocated)
             _container_side(req, conf, ips, routes)
             if gateways:
-                interfaces += _host_side(undo, conf, gateways)
+                interfaces += _host_side(conf, gateways)
             if conf.ip_masq:
                 masq.setup(masq.backend_of(conf.masq_backend), att, [ip.address for ip in ips])
                 undo.callback(_quietly, masq.teardown, att)
@@ -163,7 +166,7 @@ def _require_new_interface(req: Request) -> None:
             raise InterfaceExists(f"container interface {req.ifname} already exists", req.netns)
 
 
-def _setup_bridge(conf: BridgeConf) -> Any:
+def _setup_bridge(conf: BridgeConf) -> LinkInfo:
     from cnipy import netlink
 
     try:
@@ -186,7 +189,7 @@ def _setup_bridge(conf: BridgeConf) -> Any:
     return br
 
 
-def _setup_veth(undo: ExitStack, req: Request, conf: BridgeConf) -> Any:
+def _setup_veth(undo: ExitStack, req: Request, conf: BridgeConf) -> VethPair:
     from cnipy import netlink
 
     try:
@@ -250,7 +253,7 @@ def _container_side(req: Request, conf: BridgeConf, ips: Sequence[IPConfig], rou
     container.configure(req.netns, req.ifname, ips, routes)
 
 
-def _host_side(undo: ExitStack, conf: BridgeConf, gateways: Sequence[IPInterface]) -> list[Interface]:
+def _host_side(conf: BridgeConf, gateways: Sequence[IPInterface]) -> list[Interface]:
     """The gateway addresses on the bridge (or on its VLAN interface) and forwarding on."""
     from cnipy import netlink
 
@@ -354,6 +357,8 @@ def cmd_check(req: Request) -> None:
                     or (ip.interface < len(prev.interfaces) and prev.interfaces[ip.interface].name == req.ifname)]
             problems += container.check_addresses(req.netns, req.ifname, mine)
             problems += container.check_routes(req.netns, req.ifname, prev.ips, prev.routes)
+        if conf.is_gw:
+            problems += _check_gateways(conf, prev)
         if conf.layer3 and conf.ip_masq:
             att = Attachment(conf.network, req.ifname, req.container_id)
             problems += masq.missing(masq.backend_of(conf.masq_backend), att, [ip.address for ip in prev.ips])
@@ -415,6 +420,19 @@ def _check_interfaces(req: Request, conf: BridgeConf, prev: Result, problems: li
         problems.append(f"hairpin mode on {port.name} is {opts.hairpin}, config says {conf.hairpin}")
     if opts.isolated != conf.port_isolation:
         problems.append(f"isolation on {port.name} is {opts.isolated}, config says {conf.port_isolation}")
+
+
+def _check_gateways(conf: BridgeConf, prev: Result) -> list[str]:
+    from cnipy import netlink
+
+    dev = conf.vlan_iface if conf.vlan else conf.bridge
+    try:
+        live = netlink.list_addresses(None, dev)
+    except netlink.InterfaceNotFound:
+        return [f"gateway interface {dev} does not exist"]
+    want = [ipaddress.ip_interface(f"{ip.gateway}/{ip.address.network.prefixlen}") for ip in prev.ips
+            if ip.gateway is not None]
+    return [f"gateway address {gw} is not on {dev}" for gw in want if gw not in live]
 
 
 # -- GC and STATUS ------------------------------------------------------------------------------------------------

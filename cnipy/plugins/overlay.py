@@ -3,7 +3,9 @@
 The agent (`cnipy agent`) writes the subnet file; ADD reads it and delegates to `bridgeType` (cnipy-bridge) with
 `ipamType` (cnipy-host-local) on the node's subnet, with the overlay MTU and routes to the cluster network. Keys
 under `delegate` override what is derived (as flannel's CNI plugin). What was delegated is saved (0600) under
-`dataDir`, so DEL works the same after the agent or its subnet file is gone.
+`dataDir`, so DEL works the same after the agent or its subnet file is gone; GC delegates to the bridge (which
+releases addresses not in `cni.dev/valid-attachments`) and forgets the saved configs of gone attachments. ADD
+before the agent has written the subnet file is error 11 (try again later); STATUS is 50 naming what is missing.
 
     {"type": "cnipy-overlay", "name": "pods", "cniVersion": "1.0.0",
      "subnetFile": "/run/cnipy/subnet.env", "dataDir": "/var/lib/cni/cnipy-overlay",
@@ -88,13 +90,15 @@ def _state_file(req: Request) -> Path:
     return data_dir / f"{cid}-{ifname}"
 
 
-def _save(path: Path, conf: dict[str, Any]) -> None:
+def _save(path: Path, req: Request, conf: dict[str, Any]) -> None:
+    """Save {"containerID", "ifname", "delegate"} (GC needs to know whose it is)."""
+    record = {"containerID": req.container_id, "ifname": req.ifname, "delegate": conf}
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(prefix=".", dir=path.parent)  # created 0600
         try:
             with os.fdopen(fd, "w") as fh:
-                json.dump(conf, fh)
+                json.dump(record, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.rename(tmp, path)
@@ -104,16 +108,22 @@ def _save(path: Path, conf: dict[str, Any]) -> None:
         raise IOFailure(f"saving the delegate config to {path} failed", str(exc)) from exc
 
 
-def _load(path: Path) -> dict[str, Any] | None:
+def _load_record(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
         raise IOFailure(f"reading {path} failed", str(exc)) from exc
-    if not isinstance(data, dict):
-        raise IOFailure(f"{path} does not hold a delegate config")
+    if not isinstance(data, dict) or not isinstance(data.get("delegate"), dict) \
+            or not isinstance(data["delegate"].get("type"), str):
+        raise IOFailure(f"{path} does not hold a saved delegate config")
     return data
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    record = _load_record(path)
+    return None if record is None else dict(record["delegate"])
 
 
 def cmd_add(req: Request) -> Result:
@@ -121,7 +131,7 @@ def cmd_add(req: Request) -> Result:
     conf = delegate_config(req, sub)
     state = _state_file(req)
     with ExitStack() as undo:
-        _save(state, conf)
+        _save(state, req, conf)
         undo.callback(state.unlink, missing_ok=True)
         stdin = json.dumps(conf).encode()
         result = invoke.add(conf["type"], req, stdin=stdin)
@@ -146,6 +156,34 @@ def cmd_check(req: Request) -> None:
     if req.config.prev_result is not None:
         conf["prevResult"] = req.config.prev_result.to_json(req.config.cni_version)
     invoke.check(str(conf["type"]), req, stdin=json.dumps(conf).encode())
+
+
+def cmd_gc(req: Request) -> None:
+    """Delegate GC (the bridge and its IPAM release what is not in cni.dev/valid-attachments), then forget the
+    saved configs of attachments that are not valid any more."""
+    valid_list = req.config.valid_attachments
+    if valid_list is None:
+        raise InvalidConfig("GC needs cni.dev/valid-attachments")
+    valid = {(a.container_id, a.ifname) for a in valid_list}
+    data_dir = _path(req.config.raw, "dataDir", DEFAULT_DATA_DIR)
+    records = []
+    if data_dir.is_dir():
+        for path in sorted(data_dir.iterdir()):
+            if not path.name.startswith("."):
+                record = _load_record(path)
+                if record is not None:
+                    records.append((path, record))
+    conf: dict[str, Any] | None
+    try:
+        conf = delegate_config(req, subnetfile.read(_path(req.config.raw, "subnetFile", DEFAULT_SUBNET_FILE)))
+    except (OSError, subnetfile.SubnetFileError):
+        conf = dict(records[-1][1]["delegate"]) if records else None  # the agent is gone: use what was saved
+    if conf is not None:
+        conf["cni.dev/valid-attachments"] = [{"containerID": c, "ifname": i} for c, i in sorted(valid)]
+        invoke.gc(str(conf["type"]), req, stdin=json.dumps(conf).encode())
+    for path, record in records:
+        if (record.get("containerID"), record.get("ifname")) not in valid:
+            path.unlink(missing_ok=True)
 
 
 def cmd_status(req: Request) -> None:

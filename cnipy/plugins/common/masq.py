@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ IPT_PREFIX = "CNIPY-"
 NFT_TABLE = "cnipy_masq"
 NFT_CHAIN = "postrouting"
 MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:/ -]")
 IPT_TOOLS = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
 
 
@@ -51,7 +53,9 @@ class Attachment:
 
     @property
     def comment(self) -> str:
-        return f"cnipy masq net: {self.network} if: {self.ifname} id: {self.container_id}"[:250]
+        """Human-readable, and safe inside a quoted iptables-restore or nft word whatever the ifname holds."""
+        text = f"cnipy masq net: {self.network} if: {self.ifname} id: {self.container_id}"
+        return _UNSAFE.sub("_", text)[:250]
 
 
 def default_backend() -> str:

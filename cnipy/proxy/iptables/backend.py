@@ -9,7 +9,7 @@ from cnipy.proxy.iptables import names as n
 from cnipy.proxy.iptables.render import JUMPS, IptContribution, base_rules, contribution, nodeports_jumps
 from cnipy.proxy.iptables.runner import IptablesInterface
 from cnipy.proxy.model import ServiceKey
-from cnipy.proxy.plan import NodeConfig, ServicePlans
+from cnipy.proxy.plan import NodeConfig, PortPlan, ServicePlans
 from cnipy.proxy.sync import SyncResult
 
 Chains = dict[tuple[str, str], list[str]]
@@ -25,6 +25,7 @@ class IptablesProxier:
         self.owned: dict[ServiceKey, IptContribution] = {}
         self.applied: Chains = {}
         self.synced = False
+        self.rendered: dict[ServiceKey, tuple[PortPlan, ...]] = {}  # the plans ``owned`` was built from
 
     def _shared(self, owned: dict[ServiceKey, IptContribution]) -> Chains:
         """The chains every service writes into, in service order (KUBE-SERVICES ends with the nodeports jump)."""
@@ -53,7 +54,9 @@ class IptablesProxier:
     def sync(self, plans: ServicePlans, changed: AbstractSet[ServiceKey] | None) -> SyncResult:
         full = changed is None or not self.synced
         if full:
-            owned = {k: contribution(ports, self.config) for k, ports in plans.items() if ports}
+            # A periodic or repairing full sync reuses what it rendered for plans that did not change.
+            owned = {k: self.owned[k] if self.rendered.get(k) is ports else contribution(ports, self.config)
+                     for k, ports in plans.items() if ports}
         else:
             assert changed is not None
             owned = dict(self.owned)
@@ -79,6 +82,7 @@ class IptablesProxier:
         if full:
             self._ensure_jumps()
         self.owned, self.applied, self.synced = owned, desired, True
+        self.rendered = {k: plans[k] for k in owned}
         return SyncResult(full=full, operations=lines, rules=sum(len(r) for r in desired.values()))
 
     def _ensure_jumps(self) -> None:
@@ -106,6 +110,7 @@ class IptablesProxier:
         text, _ = _restore_text({}, list(chains), declare_all=None)
         self.ipt.restore(text)
         self.owned, self.applied, self.synced = {}, {}, False
+        self.rendered = {}
 
 
 def _restore_text(write: Chains, stale: list[tuple[str, str]],

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
 
 from cnipy.proxy.model import ServiceKey
 from cnipy.proxy.nftables.render import (
@@ -14,11 +16,22 @@ from cnipy.proxy.nftables.render import (
     dispatch_rules,
 )
 from cnipy.proxy.nftables.runner import NftInterface
-from cnipy.proxy.nftables.transaction import Chain, Rule, Table, Transaction
-from cnipy.proxy.plan import NodeConfig, ServicePlans
+from cnipy.proxy.nftables.transaction import Chain, Elements, Object, Rule, Table, Transaction, Verb
+from cnipy.proxy.plan import NodeConfig, PortPlan, ServicePlans
 from cnipy.proxy.sync import SyncResult
 
 CANARY_CHAIN = "nat-prerouting"
+_BATCH = 256  # services per streamed batch of elements
+
+
+@dataclass
+class _FullBuild:
+    """What a full sync builds while streaming; becomes the proxier's state once nft accepted it."""
+
+    owned: dict[ServiceKey, Contribution] = field(default_factory=dict)
+    hairpin: Counter[str] = field(default_factory=Counter)
+    chain_refs: Counter[str] = field(default_factory=Counter)
+    elements: int = 0
 
 
 class NftablesProxier:
@@ -32,6 +45,7 @@ class NftablesProxier:
         self.chain_refs: Counter[str] = Counter()
         self.synced = False
         self.elements = 0
+        self.rendered: dict[ServiceKey, tuple[PortPlan, ...]] = {}  # the plans ``owned`` was built from
 
     def _tx(self) -> Transaction:
         return Transaction(self.nft.family, self.nft.table)
@@ -42,15 +56,6 @@ class NftablesProxier:
         return self._partial(plans, changed)
 
     def _full(self, plans: ServicePlans) -> SyncResult:
-        owned = {key: contribution(ports) for key, ports in plans.items() if ports}
-        hairpin: Counter[str] = Counter()
-        chain_refs: Counter[str] = Counter()
-        elements: dict[str, dict[str, str | None]] = {s.name: {} for s in SETS}
-        for c in owned.values():
-            hairpin.update(c.hairpin)
-            chain_refs.update(c.chains)
-            for set_name, items in c.elements.items():
-                elements[set_name].update(items)
         tx = self._tx()
         tx.add(Table())
         tx.delete(Table())  # add-then-delete: works whether or not the table exists, still one transaction
@@ -58,21 +63,44 @@ class NftablesProxier:
         for s in SETS:
             tx.add(s)
         chains = base_chains(self.config)
-        for name in sorted(chain_refs):
-            chains[name] = (Chain(name), dispatch_rules(name, self.config))
         for chain, _ in chains.values():
             tx.add(chain)
         for chain, rules in chains.values():
             for r in rules:
                 tx.add(Rule(chain.name, r))
-        for set_name, items in elements.items():
-            tx.add_elements(set_name, items.items())
-        tx.add_elements("hairpin", ((k, None) for k in hairpin))
+        built = _FullBuild()
+        tx.stream(self._full_ops(plans, built))  # produced while nft parses what came before
         self.nft.run(tx)
-        self.owned, self.hairpin, self.chain_refs, self.synced = owned, hairpin, chain_refs, True
-        self.elements = sum(len(v) for v in elements.values()) + len(hairpin)
-        return SyncResult(full=True, operations=len(tx), rules=sum(len(r) for _, r in chains.values()),
-                          elements=self.elements)
+        self.owned, self.hairpin, self.chain_refs, self.synced = built.owned, built.hairpin, built.chain_refs, True
+        self.rendered = {key: ports for key, ports in plans.items() if ports}
+        self.elements = built.elements
+        rules = sum(len(r) for _, r in chains.values()) + sum(
+            len(dispatch_rules(c, self.config)) for c in built.chain_refs)
+        return SyncResult(full=True, operations=len(tx), rules=rules, elements=self.elements)
+
+    def _full_ops(self, plans: ServicePlans, built: _FullBuild) -> Iterator[tuple[Verb, Object]]:
+        items = [(key, ports) for key, ports in plans.items() if ports]
+        for start in range(0, len(items), _BATCH):
+            batch: dict[str, list[tuple[str, str | None]]] = {}
+            for key, ports in items[start:start + _BATCH]:
+                # A periodic or repairing full sync reuses what it rendered for plans that did not change.
+                c = self.owned[key] if self.rendered.get(key) is ports else contribution(ports)
+                built.owned[key] = c
+                built.hairpin.update(c.hairpin)
+                for name in c.chains:
+                    if name not in built.chain_refs:  # a dispatch chain must exist before elements jump to it
+                        yield Verb.ADD, Chain(name)
+                        for r in dispatch_rules(name, self.config):
+                            yield Verb.ADD, Rule(name, r)
+                built.chain_refs.update(c.chains)
+                for set_name, elems in c.elements.items():
+                    batch.setdefault(set_name, []).extend(elems.items())
+            for set_name, elems in batch.items():
+                built.elements += len(elems)
+                yield Verb.ADD, Elements(set_name, tuple(elems))
+        if built.hairpin:
+            built.elements += len(built.hairpin)
+            yield Verb.ADD, Elements("hairpin", tuple((k, None) for k in built.hairpin))
 
     def _partial(self, plans: ServicePlans, changed: AbstractSet[ServiceKey]) -> SyncResult:
         new_owned = {key: contribution(plans.get(key, ())) for key in changed}
@@ -117,8 +145,10 @@ class NftablesProxier:
         for key, new in new_owned.items():
             if new.elements or new.chains or new.hairpin:
                 self.owned[key] = new
+                self.rendered[key] = plans[key]
             else:
                 self.owned.pop(key, None)
+                self.rendered.pop(key, None)
         _apply_delta(self.hairpin, hairpin_delta)
         _apply_delta(self.chain_refs, chain_delta)
         n_dels, n_adds = sum(map(len, dels.values())), sum(map(len, adds.values()))
@@ -142,6 +172,7 @@ class NftablesProxier:
         tx.delete(Table())
         self.nft.run(tx)
         self.owned, self.hairpin, self.chain_refs, self.synced = {}, Counter(), Counter(), False
+        self.rendered = {}
 
 
 def _apply_delta(counts: Counter[str], delta: Counter[str]) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import copy
 import re
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,7 +37,46 @@ class Nft:
         self.timeout = timeout
 
     def run(self, tx: Transaction) -> None:
-        self.run_text(tx.render())
+        self.run_lines(tx.iter_lines())
+
+    def run_lines(self, lines: Iterable[str]) -> None:
+        """Pipe the text to ``nft -f -`` as it is produced; nft commits only once it has read all of it."""
+        argv = [*self.prefix, self.binary, "-f", "-"]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+        except OSError as exc:
+            raise ApplyError(f"nft could not run: {exc}") from exc
+        assert proc.stdin is not None and proc.stderr is not None
+        errors: list[str] = []
+        reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        try:
+            buf: list[str] = []
+            size = 0
+            for line in lines:
+                buf.append(line)
+                size += len(line)
+                if size >= 1 << 16:
+                    proc.stdin.write("".join(buf))
+                    buf, size = [], 0
+            proc.stdin.write("".join(buf))
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # nft stopped reading: it failed; its exit status and stderr say why
+        except BaseException:
+            proc.kill()  # killed before the end of its input, nft applies nothing
+            proc.wait()
+            raise
+        try:
+            rc = proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.wait()
+            raise ApplyError(f"nft -f timed out after {self.timeout}s") from exc
+        reader.join(timeout=5)
+        if rc != 0:
+            raise ApplyError(f"nft -f failed (rc={rc}): {''.join(errors).strip()[:2000]}")
 
     def run_text(self, text: str) -> None:
         try:
@@ -96,7 +136,7 @@ class FakeNft:
             msg, self.fail_next = self.fail_next, None
             raise FakeApplyError("EIO", msg)
         work = copy.deepcopy(self.state)
-        for verb, obj in tx.ops:
+        for verb, obj in tx.iter_ops():
             work = self._apply(work, verb, obj)
         self.state = work
         self.transactions += 1

@@ -105,12 +105,17 @@ def validate(verb: Verb, obj: Object) -> None:
 
 
 class Transaction:
-    """Queued operations on one table, applied all-or-nothing."""
+    """Queued operations on one table, applied all-or-nothing.
+
+    ``stream`` appends operations produced lazily: the real runner renders and pipes them to ``nft`` while they
+    are produced (so building a 100k-element sync overlaps nft's parsing); ``nft`` commits only at the end of
+    its input, so an exception while producing still leaves the kernel untouched."""
 
     def __init__(self, family: str, table: str) -> None:
         self.family = family
         self.table = table
         self.ops: list[tuple[Verb, Object]] = []
+        self._tail: list[Iterable[tuple[Verb, Object]]] = []
 
     def add(self, obj: Object) -> None:
         validate(Verb.ADD, obj)
@@ -134,29 +139,41 @@ class Transaction:
         if batch:
             self.delete(Elements(set_name, batch))
 
+    def stream(self, ops: Iterable[tuple[Verb, Object]]) -> None:
+        """Queue operations that are produced (and validated) only when the transaction is run."""
+        self._tail.append(ops)
+
+    def iter_ops(self) -> Iterator[tuple[Verb, Object]]:
+        """Every operation in order; streamed ones are validated and kept in ``ops`` as they are produced."""
+        yield from list(self.ops)
+        while self._tail:
+            for verb, obj in self._tail.pop(0):
+                validate(verb, obj)
+                self.ops.append((verb, obj))
+                yield verb, obj
+
     def __len__(self) -> int:
         return len(self.ops)
 
     def render(self) -> str:
-        return "".join(self._lines())
+        return "".join(self.iter_lines())
 
-    def _lines(self) -> Iterator[str]:
+    def iter_lines(self) -> Iterator[str]:
         where = f"{self.family} {self.table}"
-        i, ops = 0, self.ops
-        while i < len(ops):
-            verb, obj = ops[i]
+        # Consecutive single Elements of one set and verb become one command.
+        pending: tuple[Verb, str] | None = None
+        items: list[tuple[str, str | None]] = []
+        for verb, obj in self.iter_ops():
             if isinstance(obj, Element):
-                # Batch consecutive single elements of one set and verb into one command.
-                j = i
-                items = []
-                while j < len(ops) and ops[j][0] is verb and isinstance(ops[j][1], Element) \
-                        and ops[j][1].set == obj.set:  # type: ignore[union-attr]
-                    e = ops[j][1]
-                    items.append((e.key, e.value))  # type: ignore[union-attr]
-                    j += 1
-                yield from _element_lines(verb, where, obj.set, items)
-                i = j
+                if pending != (verb, obj.set):
+                    if pending is not None:
+                        yield from _element_lines(pending[0], where, pending[1], items)
+                    pending, items = (verb, obj.set), []
+                items.append((obj.key, obj.value))
                 continue
+            if pending is not None:
+                yield from _element_lines(pending[0], where, pending[1], items)
+                pending, items = None, []
             match obj:
                 case Elements():
                     yield from _element_lines(verb, where, obj.set, obj.items)
@@ -169,7 +186,8 @@ class Transaction:
                 case Set():
                     kind = "map" if obj.is_map else "set"
                     yield f"{verb} {kind} {where} {obj.name}{obj.spec() if verb is Verb.ADD else ''}\n"
-            i += 1
+        if pending is not None:
+            yield from _element_lines(pending[0], where, pending[1], items)
 
 
 _CHUNK = 20000  # elements per command: keeps lines a sane length without costing parse time

@@ -22,7 +22,7 @@ def addresses(data_dir: Path) -> dict[str, bytes]:
 def test_64_parallel_adds_get_64_distinct_addresses(tmp_path: Path) -> None:
     conf = hostlocal_conf(tmp_path)
     with ThreadPoolExecutor(64) as pool:
-        runs = list(pool.map(lambda i: run_exec(OURS, env("ADD", f"p{i}"), conf, timeout=60), range(64)))
+        runs = list(pool.map(lambda i: run_exec(OURS, env("ADD", f"p{i}"), conf, timeout=120), range(64)))
     assert [r.code for r in runs] == [0] * 64, [r.stdout for r in runs if r.code]
     got = [r.json["ips"][0]["address"].split("/")[0] for r in runs]
     assert len(set(got)) == 64
@@ -30,7 +30,7 @@ def test_64_parallel_adds_get_64_distinct_addresses(tmp_path: Path) -> None:
     assert set(files) == set(got)
     assert {files[a] for a in got} == {f"p{i}\r\neth0".encode() for i in range(64)}
     with ThreadPoolExecutor(64) as pool:
-        dels = list(pool.map(lambda i: run_exec(OURS, env("DEL", f"p{i}"), conf, timeout=60), range(64)))
+        dels = list(pool.map(lambda i: run_exec(OURS, env("DEL", f"p{i}"), conf, timeout=120), range(64)))
     assert all(r.code == 0 for r in dels) and addresses(tmp_path) == {}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,14 +62,20 @@ def leftovers(name: str, state_root: Path, before: HostSnapshot) -> list[str]:
     return found
 
 
+def root_for(name: str) -> Path:
+    # Short: a node's CNI daemon socket lives under it (unix socket paths are limited to 107 bytes).
+    return Path(f"/run/{name}-state")
+
+
 @pytest.fixture
-def lab_name(tmp_path: Path) -> Iterator[str]:
+def lab_name() -> Iterator[str]:
     """A unique lab name (`cnl` + hex); whatever the test made under it is removed afterwards."""
     name = f"cnl{secrets.token_hex(4)}"
     yield name
-    down(name, state_root=tmp_path / "labs", detach=False)
+    down(name, state_root=root_for(name), detach=False)
+    shutil.rmtree(root_for(name), ignore_errors=True)
 
 
 @pytest.fixture
-def state_root(tmp_path: Path) -> Path:
-    return tmp_path / "labs"
+def state_root(lab_name: str) -> Path:
+    return root_for(lab_name)

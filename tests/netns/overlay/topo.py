@@ -267,9 +267,9 @@ class Cluster:
 
     # -- pods -------------------------------------------------------------------------------------------
 
-    def cni(self, node: Node, command: str, pod_ns: str, cid: str) -> dict[str, object]:
+    def cni(self, node: Node, command: str, pod_ns: str, cid: str, **extra: object) -> dict[str, object]:
         bridge, ipam = self.bridge_types
-        conf = {"cniVersion": "1.0.0", "name": "overlay", "type": "cnipy-overlay",
+        conf = {"cniVersion": "1.1.0", "name": "overlay", "type": "cnipy-overlay", **extra,
                 "subnetFile": str(node.subnet_file), "dataDir": str(node.dir / "cni"),
                 "bridgeType": bridge, "ipamType": ipam, "delegate": {"ipam": {"dataDir": str(node.dir / "ipam")}}}
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,

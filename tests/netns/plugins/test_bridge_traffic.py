@@ -4,6 +4,7 @@ MTU, hairpin, port isolation, and the MAC spoof check."""
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable
 
 import pytest
@@ -134,3 +135,28 @@ def test_vlan_needs_kernel_vlan_filtering(lab: Lab, serve: Callable[..., Server]
     server = serve(pod2, pod_ip(r2), 8080)
     assert peer_seen(pod1, server) == pod_ip(r1)
     assert peer_seen(pod3, server, timeout=1.5) is None
+
+
+def test_ipv6_masquerade(lab: Lab, serve: Callable[..., Server]) -> None:
+    conf = lab.conf(bridge="cnbbr0", subnet="10.88.0.0/24,fd00:88::/64", isDefaultGateway=True, ipMasq=True)
+    pod1, pod2 = lab.pod(), lab.pod()
+    r1 = ok(cni(lab.node, "cnipy-bridge", "ADD", conf, netns=f"/run/netns/{pod1.name}", cid="p1"))
+    r2 = ok(cni(lab.node, "cnipy-bridge", "ADD", conf, netns=f"/run/netns/{pod2.name}", cid="p2"))
+    outside = lab.pod()
+    link_pair(lab.node, outside, OUTSIDE_NODE, OUTSIDE_SERVER)
+    dev = lab.node.run("ip", "-o", "link", "show", "type", "veth").stdout
+    name = next(w.split("@")[0] for w in dev.split() if w.startswith("cnb"))
+    lab.node.run("ip", "addr", "add", "fd00:ff::1/64", "dev", name, "nodad")
+    outside.run("ip", "addr", "add", "fd00:ff::2/64", "dev", "up0", "nodad")
+    lab.node.run("ip", "-6", "addr", "show", "dev", "cnbbr0")
+    far = serve(outside, "fd00:ff::2", 8080)
+    deadline = time.monotonic() + 10  # the gateway address on the bridge finishes DAD first
+    seen = None
+    while seen is None and time.monotonic() < deadline:
+        seen = peer_seen(pod1, far, timeout=1)
+    assert seen == "fd00:ff::1"
+    near = serve(pod2, pod_ip(r2, 6), 8081)
+    assert peer_seen(pod1, near) == pod_ip(r1, 6)
+    for pod, cid in ((pod1, "p1"), (pod2, "p2")):
+        ok(cni(lab.node, "cnipy-bridge", "DEL", conf, netns=f"/run/netns/{pod.name}", cid=cid))
+    assert lab.leftovers()["chains"] == []

@@ -48,6 +48,10 @@ def test_check_names_what_differs(lab: Lab, plugin: str) -> None:
     pod.run("ip", "addr", "flush", "dev", "eth0")
     call = cni(lab.node, plugin, "CHECK", as_prev(conf, result), netns=netns)
     assert "address 10.88.0.2/24 from prevResult is not on eth0" in call.out["details"]
+    if plugin == "cnipy-bridge":
+        lab.node.run("ip", "addr", "flush", "dev", "cnbbr0")
+        call = cni(lab.node, plugin, "CHECK", as_prev(conf, result), netns=netns)
+        assert "gateway address 10.88.0.1/24 is not on cnbbr0" in call.out["details"]
     lab.node.run("iptables", "-t", "nat", "-F", "POSTROUTING")
     call = cni(lab.node, plugin, "CHECK", as_prev(conf, result), netns=netns)
     assert "POSTROUTING jump for 10.88.0.2" in call.out["details"]

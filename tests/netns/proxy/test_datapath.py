@@ -6,6 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+from cnipy.proxy.errors import ApplyError
 from cnipy.proxy.model import ClusterState
 from cnipy.proxy.plan import build_plans
 from cnipy.proxy.sync import Proxier
@@ -143,6 +146,10 @@ def test_udp_stale_conntrack_blackholes_without_cleanup(mode: str, topo_factory:
     assert topo.probe("udp", "10.96.0.53", "53", "1", "40000", "0.5")["ok"] == {"ep1": 1}
 
 
+def _without_comments(text: str) -> str:
+    return "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
+
+
 def test_failed_apply_leaves_previous_rules(mode: str, topo_factory: Callable[..., Topology]) -> None:
     topo = topo_factory(2)
     ep0, ep1 = topo.endpoint_ips
@@ -150,19 +157,31 @@ def test_failed_apply_leaves_previous_rules(mode: str, topo_factory: Callable[..
     p = sync(mode, topo, state((s, endpoints(s, ep0))))
     dump = ["nft", "list", "ruleset"] if mode == "nftables" else ["iptables-save"]
     before = topo.node.run(*dump).stdout
+    # Break the next load the way a kernel or tool refusal would: one bad line inside the transaction.
     runner: Any = p.nft if mode == "nftables" else p.ipt  # type: ignore[attr-defined]
-    real = runner.run_text if mode == "nftables" else runner.restore
-    broken = (lambda text: real(text + "add rule ip cnipy services bogus\n")) if mode == "nftables" \
-        else (lambda text: real(text.replace("COMMIT", "-A KUBE-SERVICES --bogus\nCOMMIT", 1)))
-    setattr(runner, "run_text" if mode == "nftables" else "restore", broken)
-    import pytest
+    attr = "run_text" if mode == "nftables" else "restore"
+    real = getattr(runner, attr)
 
-    from cnipy.proxy.errors import ApplyError
+    def broken(text: str) -> None:
+        if mode == "nftables":
+            real(text + "add rule ip cnipy services bogus\n")
+        else:
+            real(text.replace("COMMIT", "-A KUBE-SERVICES --bogus\nCOMMIT", 1))
+
+    setattr(runner, attr, broken)
     with pytest.raises(ApplyError):
         p.sync(build_plans(state((s, endpoints(s, ep1))), config()), {s.key})
-    strip = (lambda t: "\n".join(ln for ln in t.splitlines() if not ln.startswith("#")))
-    assert strip(topo.node.run(*dump).stdout) == strip(before)
+    assert _without_comments(topo.node.run(*dump).stdout) == _without_comments(before)
     assert topo.probe("tcp", "10.96.0.10", "80", "5")["ok"] == {"ep0": 5}
-    setattr(runner, "run_text" if mode == "nftables" else "restore", real)
+    setattr(runner, attr, real)
     p.sync(build_plans(state((s, endpoints(s, ep1))), config()), None)  # the retry
     assert topo.probe("tcp", "10.96.0.10", "80", "5")["ok"] == {"ep1": 5}
+
+
+def test_localhost_node_ports_when_enabled(mode: str, topo_factory: Callable[..., Topology]) -> None:
+    topo = topo_factory(1)
+    topo.node.run("sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1")  # what the daemon does for this flag
+    s = service("web", "10.96.0.10", type="NodePort", node_port=30080)
+    sync(mode, topo, state((s, endpoints(s, *topo.endpoint_ips))), localhost_nodeports=True)
+    r = topo.probe("tcp", "127.0.0.1", "30080", "5", ns=topo.node)
+    assert r["fail"] == 0 and r["peers"] == {"10.244.1.1": 5}  # masqueraded: 127/8 may not leave the node

@@ -38,7 +38,8 @@ def cluster(tmp_path: Path) -> Iterator[Callable[[str], tuple[Agent, FakeKernel]
         i = len(agents) + 1
         kernel = FakeKernel(devices={"eth0"})
         opts = AgentOptions(node=name, etcd="fake", network_config=conf, subnet_file=tmp_path / name / "subnet.env",
-                            lease_ttl=2, resync=0.5, listen=None, masquerade_rules=False, retry=0.1)
+                            lease_ttl=2, resync=0.5, listen=None, masquerade_rules=False, retry=0.1,
+                            monitor=False)
         underlay = Underlay("eth0", ipaddress.IPv4Interface(f"172.30.1.{10 + i}/24"), 1500)
         agent = Agent(opts, LeaseStore(etcd, ttl=2), kernel, underlay)
         agent.etcd = etcd  # type: ignore[attr-defined]
@@ -110,3 +111,14 @@ def test_readiness_and_metrics_over_http() -> None:
         assert "# TYPE cnipy_overlay_peers gauge" in body and "cnipy_overlay_reconciles_total 0" in body
     finally:
         server.stop()
+
+
+def test_a_restarted_agent_keeps_its_subnet(cluster: Callable[[str], tuple[Agent, FakeKernel]]) -> None:
+    a, _ = cluster("a")
+    eventually(lambda: a.state.ready)
+    assert a.state.lease is not None
+    first = a.state.lease.subnet
+    a.stop(release=False)
+    again, _ = cluster("a")  # (the fixture gives it another underlay address: the lease follows)
+    eventually(lambda: again.state.ready)
+    assert again.state.lease is not None and again.state.lease.subnet == first

@@ -130,3 +130,10 @@ def test_plugin_import_path_stays_lean() -> None:
             "print('pyroute2' in sys.modules, 'click' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_comments_cannot_break_out_of_their_quotes() -> None:
+    att = masq.Attachment("net1", 'e"0 -j\\x;', "c1")
+    assert att.comment == "cnipy masq net: net1 if: e_0 -j_x_ id: c1"
+    text = masq.render_ipt_setup(att, [ipaddress.ip_interface("10.1.0.5/24")], [])
+    assert all(line.count('"') in (0, 2) for line in text.splitlines())

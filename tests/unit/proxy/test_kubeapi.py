@@ -200,7 +200,8 @@ def test_kubeconfig(tmp_path: Path) -> None:
     (tmp_path / "ca.crt").write_text("x")
     (tmp_path / "config").write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "ctx",
-        "clusters": [{"name": "c1", "cluster": {"server": "https://10.0.0.1:6443/", "certificate-authority": "ca.crt"}}],
+        "clusters": [{"name": "c1",
+                      "cluster": {"server": "https://10.0.0.1:6443/", "certificate-authority": "ca.crt"}}],
         "users": [{"name": "u1", "user": {"token": "abc"}}],
         "contexts": [{"name": "ctx", "context": {"cluster": "c1", "user": "u1"}}],
     }))
