@@ -1,14 +1,15 @@
 """ADD+DEL latency of cnipy-host-local against the reference /usr/lib/cni/host-local, interleaved in one run.
 
-    .venv/bin/python bench/hostlocal.py [--runs 40] [--daemon-socket /run/cnipy/cni.sock]
+    .venv/bin/python bench/hostlocal.py [--runs 40] [--with-daemon]
 
-Each run is one ADD then one DEL of a fresh container on its own temporary dataDir (one per plugin), called the way
-a runtime calls a plugin (exec, env, stdin). The plugins alternate, and which one goes first alternates too, so
-drift in machine load hits both alike. Prints p50/p90 per verb, the ratio of the medians, and, for scale, the
-bare start of the interpreter our executable runs (`python3 -I -S -c pass`).
+Each run is one ADD then one DEL of a fresh container on a temporary dataDir (one per variant), called the way a
+runtime calls a plugin (exec, env, stdin). The variants take turns, in a rotating order, so drift in machine load
+hits all alike. Prints p50/p90 per verb, the ratio of the medians to the reference, and, for scale, the bare start
+of the interpreter our executable runs (`python3 -I -S -c pass`).
 
-By default the call runs the Python plugin in the executable's own process (CNIPY_CNI_SOCKET=""), whether or not
-a cnipy node daemon is up; --daemon-socket measures the path through the daemon instead.
+`cnipy` runs the Python plugin in the executable's own process (CNIPY_CNI_SOCKET=""), whether or not a node
+daemon is up. --with-daemon also starts a private cnipy CNI daemon (python -m cnipy.cni.daemon) on a temporary
+socket and measures the same executable forwarding to it (`cnipy+daemon`); the daemon is stopped at the end.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,16 +26,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUGINS = {"cnipy": ROOT / "plugins" / "cnipy-host-local", "go": Path("/usr/lib/cni/host-local")}
+PYTHON = ROOT / ".venv" / "bin" / "python3"
+OURS = ROOT / "plugins" / "cnipy-host-local"
+GO = Path("/usr/lib/cni/host-local")
+VERBS = ("ADD", "DEL", "ADD+DEL")
 
 
-SOCKET = ""
-
-
-def call(exe: Path, command: str, container: str, conf: bytes) -> float:
+def call(exe: Path, socket: str, command: str, container: str, conf: bytes) -> float:
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": "/var/run/netns/bench",
            "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-           "CNIPY_CNI_SOCKET": SOCKET}
+           "CNIPY_CNI_SOCKET": socket}
     t0 = time.perf_counter()
     proc = subprocess.run([str(exe)], input=conf, env=env, capture_output=True, check=False)
     elapsed = time.perf_counter() - t0
@@ -47,47 +49,76 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
+def start_daemon(socket: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([str(PYTHON), "-m", "cnipy.cni.daemon", "--socket", socket], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(socket):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            sys.exit("the cnipy CNI daemon did not start")
+        time.sleep(0.05)
+    return proc
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--daemon-socket", default="", help="forward through the cnipy daemon listening here")
+    ap.add_argument("--with-daemon", action="store_true", help="also measure the path through a cnipy daemon")
     args = ap.parse_args()
-    global SOCKET
-    SOCKET = args.daemon_socket
     if args.runs < 30:
         sys.exit("use at least 30 runs: two identical binaries differ by up to 15% over 20 runs here")
-    times: dict[str, dict[str, list[float]]] = {p: {"ADD": [], "DEL": [], "ADD+DEL": []} for p in PLUGINS}
-    bare: list[float] = []
-    python = ROOT / ".venv" / "bin" / "python3"
     with tempfile.TemporaryDirectory(prefix="cnhbench") as tmp:
-        confs = {p: json.dumps({"cniVersion": "1.0.0", "name": "bench", "type": "host-local",
-                                "ipam": {"type": "host-local", "subnet": "10.250.0.0/16",
-                                         "dataDir": f"{tmp}/{p}"}}).encode() for p in PLUGINS}
-        for i in range(-args.warmup, args.runs):
-            order = list(PLUGINS) if i % 2 == 0 else list(reversed(PLUGINS))
-            for p in order:
-                add = call(PLUGINS[p], "ADD", f"c{i + args.warmup}", confs[p])
-                dele = call(PLUGINS[p], "DEL", f"c{i + args.warmup}", confs[p])
-                if i >= 0:
-                    if p == "cnipy":
-                        t0 = time.perf_counter()
-                        subprocess.run([str(python), "-I", "-S", "-c", "pass"], check=True)
-                        bare.append((time.perf_counter() - t0) * 1000)
-                    times[p]["ADD"].append(add)
-                    times[p]["DEL"].append(dele)
-                    times[p]["ADD+DEL"].append(add + dele)
-    via = f"through the daemon at {SOCKET}" if SOCKET else "standalone (no daemon)"
-    print(f"host-local, {args.runs} interleaved runs each (ms); cnipy {via}; load average {os.getloadavg()[0]:.1f}")
-    print(f"{'':10}{'plugin':8}{'p50':>8}{'p90':>8}")
-    for verb in ("ADD", "DEL", "ADD+DEL"):
-        for p in PLUGINS:
-            v = times[p][verb]
-            print(f"{verb:10}{p:8}{pct(v, 0.5):8.1f}{pct(v, 0.9):8.1f}")
-    print(f"{'start':10}{'python':8}{pct(bare, 0.5):8.1f}{pct(bare, 0.9):8.1f}   (python3 -I -S -c pass, for scale)")
-    for verb in ("ADD", "DEL", "ADD+DEL"):
-        ratio = statistics.median(times["cnipy"][verb]) / statistics.median(times["go"][verb])
-        print(f"ratio cnipy/go, median {verb}: {ratio:.2f}")
+        variants = {"cnipy": (OURS, ""), "go": (GO, "")}
+        daemon = None
+        if args.with_daemon:
+            variants["cnipy+daemon"] = (OURS, f"{tmp}/cni.sock")
+            daemon = start_daemon(f"{tmp}/cni.sock")
+        try:
+            times, bare = measure(variants, tmp, args.runs, args.warmup)
+        finally:
+            if daemon is not None:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait(30)
+    load = os.getloadavg()[0]
+    print(f"host-local, {args.runs} interleaved ADD+DEL runs per variant (ms); load average {load:.1f}")
+    print(f"{'':10}{'variant':14}{'p50':>8}{'p90':>8}")
+    for verb in VERBS:
+        for name in times:
+            v = times[name][verb]
+            print(f"{verb:10}{name:14}{pct(v, 0.5):8.1f}{pct(v, 0.9):8.1f}")
+    print(f"{'start':10}{'python':14}{pct(bare, 0.5):8.1f}{pct(bare, 0.9):8.1f}   (python3 -I -S -c pass, for scale)")
+    for name in times:
+        if name != "go":
+            for verb in VERBS:
+                ratio = statistics.median(times[name][verb]) / statistics.median(times["go"][verb])
+                print(f"ratio {name}/go, median {verb}: {ratio:.2f}")
+
+
+def measure(variants: dict[str, tuple[Path, str]], tmp: str, runs: int,
+            warmup: int) -> tuple[dict[str, dict[str, list[float]]], list[float]]:
+    times: dict[str, dict[str, list[float]]] = {n: {v: [] for v in VERBS} for n in variants}
+    bare: list[float] = []
+    confs = {n: json.dumps({"cniVersion": "1.0.0", "name": "bench", "type": "host-local",
+                            "ipam": {"type": "host-local", "subnet": "10.250.0.0/16",
+                                     "dataDir": f"{tmp}/{n}"}}).encode() for n in variants}
+    names = list(variants)
+    for i in range(-warmup, runs):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            exe, socket = variants[name]
+            add = call(exe, socket, "ADD", f"c{i + warmup}", confs[name])
+            dele = call(exe, socket, "DEL", f"c{i + warmup}", confs[name])
+            if i >= 0:
+                times[name]["ADD"].append(add)
+                times[name]["DEL"].append(dele)
+                times[name]["ADD+DEL"].append(add + dele)
+        if i >= 0:
+            t0 = time.perf_counter()
+            subprocess.run([str(PYTHON), "-I", "-S", "-c", "pass"], check=True)
+            bare.append((time.perf_counter() - t0) * 1000)
+    return times, bare
 
 
 if __name__ == "__main__":

@@ -8,12 +8,17 @@ What it measures, all inside a fresh "node" network namespace that it creates an
      per path and the p50 ratio ours / Go. Paths:
        go        /usr/lib/cni/<plugin> with /usr/lib/cni/host-local
        daemon    the compiled front (.venv/libexec/cni) forwarding to a cnipy daemon: the default path
+       launcher  the sh launcher in plugins/, which execs that front (so also through the daemon)
        fallback  the compiled front with no daemon reachable (it execs the Python plugin)
        python    the Python plugin executable with no front at all
   2. A burst: --pods pods ADDed, then DELed, --parallel at a time, as a runtime starting many pods at once;
      total wall time go / daemon over --rounds alternating rounds (median ratio reported).
 
+The "cpu" column is the CPU time of one call: the processes the bench spawned (and their children) plus the
+daemon's processes, but not programs the daemon itself runs (iptables-restore, nft with --masq).
+
 --plugin loopback measures the loopback plugins instead (no IPAM), e.g. while bridge is being written.
+--masq turns on ipMasq (podman's default for its networks): iptables work is then part of every call.
 Results go to stdout and, as JSON, to bench/results/plugins-<time>.json.
 """
 
@@ -25,6 +30,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import secrets
 import shutil
 import socket
@@ -43,7 +49,7 @@ GO_DIR = Path("/usr/lib/cni")
 FRONTS = ROOT / ".venv" / "libexec" / "cni"
 PYTHON = ROOT / ".venv" / "bin" / "python3"
 LAUNCH = ROOT / "cnipy" / "cni" / "launch.py"
-PATHS = ("go", "daemon", "fallback", "python")
+PATHS = ("go", "daemon", "launcher", "fallback", "python")
 
 
 @dataclass
@@ -56,6 +62,21 @@ class Path_:
     env: dict[str, str]
     add: list[float] = field(default_factory=list)
     dele: list[float] = field(default_factory=list)
+    add_cpu: list[float] = field(default_factory=list)
+    dele_cpu: list[float] = field(default_factory=list)
+
+
+DAEMON_PIDS: list[int] = []
+
+
+def cpu_seconds() -> float:
+    """CPU time used so far by this process's waited-for children and by the daemon's processes."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = ru.ru_utime + ru.ru_stime
+    for pid in DAEMON_PIDS:  # the kernel's per-process CPU clock: ((~pid) << 3) | CPUCLOCK_SCHED
+        with contextlib.suppress(OSError):
+            total += time.clock_gettime((~pid << 3) | 2)
+    return total
 
 
 def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -86,6 +107,8 @@ def make_paths(plugin: str, socket_path: Path, data_dir: Path, masq: bool, wante
     table = {
         "go": ([str(GO_DIR / plugin)], False, {"CNI_PATH": str(GO_DIR)}),
         "daemon": ([str(FRONTS / ours)], True, {"CNI_PATH": cni_path, "CNIPY_CNI_SOCKET": str(socket_path)}),
+        "launcher": ([str(ROOT / "plugins" / ours)], True,
+                     {"CNI_PATH": cni_path, "CNIPY_CNI_SOCKET": str(socket_path)}),
         "fallback": ([str(FRONTS / ours)], True,
                      {"CNI_PATH": cni_path, "CNIPY_CNI_SOCKET": str(socket_path) + ".absent"}),
         "python": ([str(PYTHON), "-I", "-S", str(LAUNCH), ours], True, {"CNI_PATH": cni_path}),
@@ -99,7 +122,8 @@ def make_paths(plugin: str, socket_path: Path, data_dir: Path, masq: bool, wante
 
 def call(p: Path_, command: str, pod: str, container: str) -> float:
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": f"/run/netns/{pod}",
-           "CNI_IFNAME": "lo" if p.conf["type"].endswith("loopback") else "eth0", **p.env}
+           "CNI_IFNAME": "lo" if p.conf["type"].endswith("loopback") else "eth0",
+           "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **p.env}
     data = json.dumps(p.conf).encode()
     started = time.perf_counter()
     proc = subprocess.run(p.argv, input=data, env=env, capture_output=True, timeout=120, check=False)
@@ -111,6 +135,7 @@ def call(p: Path_, command: str, pod: str, container: str) -> float:
 
 
 def latency(paths: list[Path_], runs: int, warmup: int) -> None:
+    """Sequential calls: wall time, and CPU time (the plugin processes' plus the daemon's) of each."""
     for i in range(warmup + runs):
         pods = {p.name: f"cnf{secrets.token_hex(4)}" for p in paths}
         for pod in pods.values():
@@ -120,9 +145,12 @@ def latency(paths: list[Path_], runs: int, warmup: int) -> None:
                 order = paths[:]
                 random.shuffle(order)
                 for p in order:
+                    cpu = cpu_seconds()
                     took = call(p, command, pods[p.name], f"cnfc{i}")
+                    cpu = cpu_seconds() - cpu
                     if i >= warmup:
                         (p.add if command == "ADD" else p.dele).append(took)
+                        (p.add_cpu if command == "ADD" else p.dele_cpu).append(cpu)
         finally:
             for pod in pods.values():
                 netns_del(pod)
@@ -148,9 +176,10 @@ def burst(p: Path_, pods: int, parallel: int, round_no: int) -> tuple[float, flo
 
 
 @contextlib.contextmanager
-def daemon(socket_path: Path) -> Iterator[None]:
+def daemon(socket_path: Path, processes: int | None) -> Iterator[None]:
     log = open(socket_path.parent.parent / "daemon.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(PYTHON), "-m", "cnipy.cni.daemon", "--socket", str(socket_path)], cwd=ROOT,
+    extra = ["--processes", str(processes)] if processes else []
+    proc = subprocess.Popen([str(PYTHON), "-m", "cnipy.cni.daemon", "--socket", str(socket_path), *extra], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
@@ -162,6 +191,7 @@ def daemon(socket_path: Path) -> Iterator[None]:
                 raise RuntimeError("the cnipy daemon did not start: "
                                    + (socket_path.parent.parent / "daemon.log").read_text())
             time.sleep(0.05)
+        DAEMON_PIDS[:] = [proc.pid, *children(proc.pid)]
         yield
     finally:
         proc.terminate()
@@ -171,6 +201,13 @@ def daemon(socket_path: Path) -> Iterator[None]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def pct(values: list[float], q: float) -> float:
@@ -185,17 +222,19 @@ def report(paths: list[Path_], bursts: Bursts, args: argparse.Namespace) -> dict
     go = next((p for p in paths if p.name == "go"), None)
     out: dict[str, Any] = {"plugin": args.plugin, "masq": args.masq, "runs": args.runs, "latency": {}, "burst": {}}
     print(f"\n{args.plugin}{' + host-local' if args.plugin == 'bridge' else ''}, {args.runs} interleaved runs "
-          f"(ms; ratio = p50 / Go p50)")
-    print(f"{'path':10} {'ADD p50':>8} {'p90':>7} {'ratio':>6}   {'DEL p50':>8} {'p90':>7} {'ratio':>6}")
-    for p in paths:
+          f"(ms; ratio = p50 / Go p50; cpu = p50 CPU time of the call, plugin processes + daemon)")
+    print(f"{'path':10} {'ADD p50':>8} {'p90':>7} {'ratio':>6} {'cpu':>6}   "
+          f"{'DEL p50':>8} {'p90':>7} {'ratio':>6} {'cpu':>6}")
+    for p in paths if args.runs else []:
         row: dict[str, Any] = {}
         cells = []
-        for verb, vals in (("ADD", p.add), ("DEL", p.dele)):
-            p50, p90 = statistics.median(vals) * 1e3, pct(vals, 0.9) * 1e3
+        for verb, vals, cpu in (("ADD", p.add, p.add_cpu), ("DEL", p.dele, p.dele_cpu)):
+            p50, p90, cpu50 = statistics.median(vals) * 1e3, pct(vals, 0.9) * 1e3, statistics.median(cpu) * 1e3
             ref = (go.add if verb == "ADD" else go.dele) if go else None
             ratio = p50 / (statistics.median(ref) * 1e3) if ref else float("nan")
-            row[verb] = {"p50_ms": round(p50, 2), "p90_ms": round(p90, 2), "ratio": round(ratio, 3)}
-            cells.append(f"{p50:8.2f} {p90:7.2f} {ratio:6.2f}")
+            row[verb] = {"p50_ms": round(p50, 2), "p90_ms": round(p90, 2), "ratio": round(ratio, 3),
+                         "cpu_p50_ms": round(cpu50, 2)}
+            cells.append(f"{p50:8.2f} {p90:7.2f} {ratio:6.2f} {cpu50:6.1f}")
         out["latency"][p.name] = row
         print(f"{p.name:10} {cells[0]}   {cells[1]}")
     if bursts:
@@ -222,8 +261,9 @@ def inside(args: argparse.Namespace) -> int:
     load_before = os.getloadavg()[0]
     try:
         paths = make_paths(args.plugin, socket_path, work / "data", args.masq, wanted)
-        with daemon(socket_path):
-            latency(paths, args.runs, warmup=2)
+        with daemon(socket_path, args.daemon_processes):
+            if args.runs:
+                latency(paths, args.runs, warmup=2)
             bursts: Bursts = {}
             if args.pods:
                 pair = [p for p in paths if p.name in ("go", "daemon")]
@@ -238,8 +278,8 @@ def inside(args: argparse.Namespace) -> int:
         if max(load_before, result["load_after"]) > cpus:
             print("warning: the machine was busy with other work; these figures are noisy, re-run when idle")
         out_dir = ROOT / "bench" / "results"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        out_file = out_dir / f"plugins-{args.plugin}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        out_file = args.out or out_dir / f"plugins-{args.plugin}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwritten: {out_file}")
         return 0
@@ -256,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plugin", choices=("bridge", "loopback"), default="bridge")
     parser.add_argument("--masq", action="store_true", help="bridge with ipMasq (iptables rules per pod)")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"subset of {','.join(PATHS)}")
+    parser.add_argument("--daemon-processes", type=int, help="the daemon's --processes (default: its own)")
+    parser.add_argument("--out", type=Path, help="write the JSON results here (default: bench/results/)")
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:

@@ -34,10 +34,13 @@ import click
 @click.option("--release-on-exit", is_flag=True,
               help="On SIGTERM give the subnet back and delete the device (node removal).")
 @click.option("--no-masquerade-rules", is_flag=True, help="Never install the masquerade chain.")
+@click.option("--remove-node", is_flag=True,
+              help="Do not run: delete the leases of --node from the store (the node was removed while its "
+                   "agent was not running) and exit.")
 @click.option("-v", "--verbose", is_flag=True)
 def agent_command(node: str, etcd: str | None, network_config: Path | None, static_store: Path, prefix: str,
                   public_ip: str | None, subnet_file: Path, lease_ttl: int, resync: float, listen: str,
-                  release_on_exit: bool, no_masquerade_rules: bool, verbose: bool) -> None:
+                  release_on_exit: bool, no_masquerade_rules: bool, remove_node: bool, verbose: bool) -> None:
     """Run the overlay node agent: lease a pod subnet, write the subnet file for cnipy-overlay, program routes,
     neighbours and FDB entries for every peer (vxlan or host-gw), and repair them when removed."""
     from cnipy.overlay.agent import Agent, AgentOptions
@@ -52,6 +55,16 @@ def agent_command(node: str, etcd: str | None, network_config: Path | None, stat
                         prefix=prefix, public_ip=ip, subnet_file=subnet_file, lease_ttl=lease_ttl, resync=resync,
                         listen=listen or None, release_on_exit=release_on_exit,
                         masquerade_rules=not no_masquerade_rules)
+    if remove_node:
+        from cnipy.overlay.agent import make_store
+        from cnipy.overlay.leases import LeaseError
+
+        try:
+            gone = make_store(opts)[1].release_node(node)
+        except LeaseError as exc:
+            raise click.ClickException(f"removing node {node}: {exc}") from exc
+        click.echo(f"node {node}: released {', '.join(map(str, gone)) or 'nothing (no lease)'}")
+        return
     agent = Agent(opts)
 
     def on_signal(signum: int, frame: Any) -> None:

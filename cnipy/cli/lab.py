@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,11 +16,11 @@ from cnipy.lab import backend as backends
 from cnipy.lab.errors import LabError
 from cnipy.lab.model import PLUGIN_SETS, STATE_ROOT, LabSpec
 
-DEMO_NAME = "demo"
+DEFAULT_NAME = "cnipy"  # every lab command defaults to it, so `cnipy lab down` removes a kept demo
 DEMO_NODES = 3
 DEMO_PODS = 3
 
-name_option = click.option("--name", default="cnipy", envvar="CNIPY_LAB", show_default=True,
+name_option = click.option("--name", default=DEFAULT_NAME, envvar="CNIPY_LAB", show_default=True,
                            help="Lab name (lower-case letters and digits); its namespaces are <name>-*.")
 root_option = click.option("--state-root", type=click.Path(path_type=Path), default=STATE_ROOT,
                            envvar="CNIPY_LAB_STATE_ROOT", show_default=True, help="Where labs keep their state.")
@@ -126,7 +127,7 @@ def down(name: str, state_root: Path, no_detach: bool) -> None:
 
 
 @lab.command()
-@click.option("--name", default=DEMO_NAME, show_default=True, help="Lab name.")
+@name_option
 @click.option("--keep", is_flag=True, help="Leave the lab up to explore; print how to look around and remove it.")
 @click.option("--backend", default=backends.DEFAULT_BACKEND, show_default=True, help="Cross-node back end.")
 @click.option("--plugins", type=click.Choice(sorted(PLUGIN_SETS)), default="cnipy", show_default=True,
@@ -235,11 +236,13 @@ def _print_keep_help(spec: LabSpec) -> None:
 
     lab_ = plan(spec)
     n = spec.name
+    named = "" if n == DEFAULT_NAME else f" --name {n}"
+    cnipy = "cnipy" if shutil.which("cnipy") else _program()
     far = next((cached(node, pod) for node in lab_.nodes[1:2] for pod in lab_.pods_on(node)), None)
     far_ip = str(far.ip.ip) if far is not None and far.ip is not None else "10.244.2.2"
     rows = [
-        (f"cnipy lab status --name {n}", "nodes, addresses, pods"),
-        (f"cnipy lab check --name {n}", "the connectivity matrix again"),
+        (f"{cnipy} lab status{named}", "nodes, addresses, pods"),
+        (f"{cnipy} lab check{named}", "the connectivity matrix again"),
         (f"ip netns list | grep '^{n}-'", "every namespace of the lab"),
         (f"ip netns exec {n}-n1 ip route", "a node's routes (pod CIDRs of the other nodes)"),
         (f"ip netns exec {n}-n1 bridge link", "the pods' veths on the node's bridge cni0"),
@@ -251,4 +254,15 @@ def _print_keep_help(spec: LabSpec) -> None:
     click.echo("\nThe lab is kept. Look around (as root):")
     for cmd, what in rows:
         click.echo(f"  {cmd.ljust(width)}{what}")
-    click.echo(f"Tear it down:\n  cnipy lab down --name {n}")
+    click.echo(f"Tear it down:\n  {cnipy} lab down{named}")
+
+
+def _program() -> str:
+    """How to run this cnipy again when it is not on PATH (e.g. .venv/bin/cnipy from the checkout)."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "cnipy" and argv0.exists():
+        try:
+            return str(argv0.resolve().relative_to(Path.cwd()))
+        except ValueError:
+            return str(argv0.resolve())
+    return "cnipy"

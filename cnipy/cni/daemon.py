@@ -7,10 +7,16 @@ cnipy/cni/wire.py). Each call runs `skel.execute` exactly as the executable woul
 code enters namespaces with setns(2) on the calling thread, and a thread that ends takes any namespace state
 with it. When the daemon is not running the front runs the Python plugin itself, with the same result.
 
+One Python process runs one call at a time on the CPU (the GIL), so the daemon forks worker processes (one per
+CPU, at most 4) after warming up; they share the listening socket and the warmed-up memory. The reply's first
+bytes go out when a call starts: the front uses them to tell "never ran" (safe to run in Python) from "may have
+run" when the daemon dies mid-call.
+
 Errors never vanish: a malformed request gets a CNI error reply, a call over the concurrency limit gets code 11
 (try again later), and a client that stalls or disconnects only loses its own connection.
 
-    cnipy cni-daemon [--socket /run/cnipy/cni.sock]        (also: python -m cnipy.cni.daemon)
+    cnipy cni-daemon [--socket /run/cnipy/cni.sock] [--processes N] [--exit-on-code-change] [-v]
+    (also: python -m cnipy.cni.daemon; contrib/cnipy-cni-daemon.service runs it under systemd)
 """
 
 from __future__ import annotations
@@ -364,14 +370,41 @@ def _notify_ready() -> None:
         s.sendto(b"READY=1", addr)
 
 
+def code_stamp() -> int:
+    """The newest modification time of the cnipy modules loaded now: it changes when the checkout is updated."""
+    newest = 0
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if (name == "cnipy" or name.startswith("cnipy.")) and path:
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.stat(path).st_mtime_ns)
+    return newest
+
+
+def _watch_code(daemon: Daemon, interval: float = 2.0) -> None:
+    """Stop the daemon within `interval` seconds of its code changing on disk, so that the service manager
+    starts one that runs the new code (meanwhile the fronts run it in Python)."""
+    start = code_stamp()
+
+    def loop() -> None:
+        while not daemon._stopping.wait(interval):
+            if code_stamp() != start:
+                log.info("cnipy's code changed on disk; stopping so that a fresh daemon serves it")
+                daemon.stop()
+                return
+
+    threading.Thread(target=loop, name="code-watch", daemon=True).start()
+
+
 def default_processes() -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
 def serve(socket_path: str = DEFAULT_SOCKET, *, resolve: Resolver = default_resolver,
-          processes: int = 1) -> None:
-    """Warm up, listen on `socket_path` with `processes` processes, serve until SIGTERM or SIGINT, then remove
-    the socket. Call from the main thread (it installs signal handlers)."""
+          processes: int = 1, exit_on_code_change: bool = False) -> None:
+    """Warm up, listen on `socket_path` with `processes` processes, serve until SIGTERM or SIGINT (or, with
+    `exit_on_code_change`, until cnipy's code changes on disk), then remove the socket. Call from the main
+    thread (it installs signal handlers)."""
     daemon = Daemon(socket_path, resolve=resolve)
     loaded = warm(resolve)
     # What is loaded now lives as long as the daemon: keep it out of the cyclic GC's scans (~7% of a bridge ADD's
@@ -391,6 +424,8 @@ def serve(socket_path: str = DEFAULT_SOCKET, *, resolve: Resolver = default_reso
             children = [daemon.fork_worker() for _ in range(processes - 1)]
         elif processes > 1:
             log.warning("threads are running after warm-up; serving from one process")
+        if exit_on_code_change:
+            _watch_code(daemon)
         log.info("serving %s with %d process(es) (plugins: %s)", daemon.socket_path, len(children) + 1,
                  ", ".join(loaded) or "none")
         _notify_ready()
@@ -429,14 +464,19 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"unix socket to listen on (default: ${SOCKET_ENV} or {DEFAULT_SOCKET})")
     parser.add_argument("--processes", type=int, default=default_processes(),
                         help="processes serving calls (default: CPUs, at most 4)")
+    parser.add_argument("--exit-on-code-change", action="store_true",
+                        help="exit when cnipy's code changes on disk (for a service manager that restarts it)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every call")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="cnipy-cni-daemon[%(process)d]: %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        serve(args.socket, processes=max(1, args.processes))
+        serve(args.socket, processes=max(1, args.processes), exit_on_code_change=args.exit_on_code_change)
     except DaemonError as exc:
         log.error("%s", exc)
+        return 1
+    except OSError as exc:  # e.g. a socket path over the 107-byte limit, or no permission
+        log.error("cannot serve %s: %s", args.socket, exc)
         return 1
     return 0
 

@@ -33,6 +33,11 @@ What a back end may rely on (all frozen values from `cnipy.lab.model`):
     lab.cluster_cidr                  10.244.0.0/16
     lab.plugins                       PluginSet: CNI plugin directory and the bridge/host-local/loopback types
     lab.backend_dir, lab.state_dir    directories the back end may write (created 0700 before prepare)
+    lab.spec                          LabSpec(name, nodes, pods_per_node, segments, backend, plugins, ...)
+
+Pods are attached by `cnipy.lab.runtime` (CNI_* environment, plugins run inside the node's namespace). With
+cnipy's plugins every node runs a CNI daemon (spec.cni_daemon) and every call names it (CNIPY_CNI_SOCKET =
+node.cni_socket), so the host side of a call is always done in that node's namespace.
 
 A back end whose agent leases pod subnets itself may ignore node.pod_cidr: the lab learns pod addresses only from
 the CNI results. The `vxlan` and `host-gw` entries below are provided by `cnipy/overlay/lab.py`; a back end is

@@ -18,7 +18,7 @@ from typing import Any
 from cnipy.lab import backend as backends
 from cnipy.lab import procs, runtime, sh
 from cnipy.lab.errors import LabError
-from cnipy.lab.files import private_dir, write_json
+from cnipy.lab.files import locked, private_dir, write_json
 from cnipy.lab.model import Lab, LabSpec, Node, plan
 from cnipy.lab.progress import NullProgress, Progress
 from cnipy.lab.state import read_state, write_state
@@ -30,12 +30,18 @@ ATTACH_WORKERS = 8
 
 
 def up(spec: LabSpec, progress: Progress | None = None) -> Lab:
-    from cnipy.lab.teardown import down
-
     progress = progress or NullProgress()
     lab = plan(spec)
     backend = backends.load(spec.backend)  # fail before anything is made
     _check_plugins(lab)
+    with locked(lab.state_dir):
+        return _up(lab, backend, progress)
+
+
+def _up(lab: Lab, backend: backends.Backend, progress: Progress) -> Lab:
+    from cnipy.lab.teardown import remove
+
+    spec = lab.spec
     state = read_state(lab.state_dir)
     if state is not None:
         if state.spec != spec:
@@ -47,7 +53,9 @@ def up(spec: LabSpec, progress: Progress | None = None) -> Lab:
             return lab
     if state is not None or any(ns.startswith(lab.prefix) for ns in sh.netns_list()):
         progress.step("removing the remains of an earlier lab")
-        down(spec.name, state_root=spec.state_root)
+        report = remove(spec.name, spec.state_root, NullProgress(), detach=True)
+        if report.leftovers:
+            raise LabError(f"could not remove the remains of lab {spec.name}: {', '.join(report.leftovers)}")
     private_dir(lab.state_dir)
     write_state(lab, "building")
     started = time.monotonic()

@@ -16,6 +16,7 @@ from pathlib import Path
 from cnipy.lab import backend as backends
 from cnipy.lab import procs, runtime, sh
 from cnipy.lab.errors import LabError
+from cnipy.lab.files import locked
 from cnipy.lab.model import STATE_ROOT, Lab, LabSpec, plan
 from cnipy.lab.progress import NullProgress, Progress
 from cnipy.lab.state import read_state
@@ -35,8 +36,16 @@ class DownReport:
 def down(name: str, *, state_root: Path = STATE_ROOT, progress: Progress | None = None,
          detach: bool = True) -> DownReport:
     """Remove lab `name`. `detach=False` skips the CNI DELs (faster; the namespaces take everything along)."""
-    progress = progress or NullProgress()
     LabSpec(name=name, state_root=state_root)  # validates the name before anything is matched by prefix
+    state_dir = state_root / name
+    if not state_dir.exists():
+        return remove(name, state_root, progress or NullProgress(), detach=detach)
+    with locked(state_dir):
+        return remove(name, state_root, progress or NullProgress(), detach=detach)
+
+
+def remove(name: str, state_root: Path, progress: Progress, *, detach: bool) -> DownReport:
+    """`down` for a caller that holds the lab's lock (or when there is no state directory to lock)."""
     report = DownReport(name)
     state_dir = state_root / name
     try:

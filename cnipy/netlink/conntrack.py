@@ -33,7 +33,8 @@ def delete_udp_flows(*, reply_sources: Iterable[IPv4Address] = (),
                      or (e.tuple_orig.daddr, e.tuple_orig.dport) in dests]
             for entry in stale:
                 try:
-                    ct.delete(entry)
+                    # Not ct.delete(): in pyroute2 0.7.12 it iterates the single reply and fails on None.
+                    ct.entry("del", tuple_orig=entry.tuple_orig)
                     deleted += 1
                 except PyrouteNetlinkError as exc:
                     if exc.code != 2:  # ENOENT: it expired meanwhile, which is what we wanted

@@ -107,7 +107,7 @@ class VxlanBackend:
         for peer in peers:
             if peer.subnet == own.subnet:
                 continue
-            if self.conf.direct_routing and on_link(self.underlay, peer):
+            if self.conf.direct_routing and peer.public_ip.version == 4 and on_link(self.underlay, peer):
                 routes.add(OwnedRoute(peer.subnet, ipaddress.IPv4Address(peer.public_ip), self.underlay.name))
                 continue
             if peer.backend_type != self.type or not peer.vtep_mac:
@@ -143,6 +143,10 @@ class HostGwBackend:
         routes, rejected = set(), []
         for peer in peers:
             if peer.subnet == own.subnet:
+                continue
+            if peer.public_ip.version != 4:
+                rejected.append(f"host-gw: peer {peer.node} has an IPv6 underlay address; host-gw routes IPv4 pods "
+                                "via IPv4 underlay addresses only")
                 continue
             if not on_link(self.underlay, peer):
                 rejected.append(f"host-gw: peer {peer.node} ({peer.public_ip}) is not on this node's L2 subnet "

@@ -79,11 +79,12 @@ def subnet_key(prefix: str, subnet: ipaddress.IPv4Network) -> str:
 
 def parse_lease(prefix: str, key: str, value: str) -> Lease | None:
     """A lease from its key and value; None for anything malformed (a bad peer must not stop the agent)."""
+    subnet = _subnet_of(prefix, key)
     try:
-        name = key[len(f"{prefix}/subnets/"):]
-        net, _, plen = name.partition("-")
         raw: Any = json.loads(value)
-        return Lease(ipaddress.IPv4Network((net, int(plen))), str(raw["node"]), ipaddress.ip_address(raw["publicIP"]),
+        if subnet is None or not isinstance(raw, dict):
+            return None
+        return Lease(subnet, str(raw["node"]), ipaddress.ip_address(raw["publicIP"]),
                      str(raw.get("backendType", "")), str(raw.get("vtepMAC", "")))
     except (ValueError, KeyError, TypeError):
         return None
@@ -139,25 +140,19 @@ class LeaseStore:
     def acquire(self, conf: C.NetworkConfig, want: Lease, previous: ipaddress.IPv4Network | None = None,
                 attempts: int = 20) -> Lease:
         """Take a subnet for `want.node` (want.subnet is ignored): its existing key first, then `previous`,
-        then a random free one. Safe against concurrent agents: every write is a compare-and-set."""
+        then a random free one. Safe against concurrent agents: every write is a compare-and-set, and a lost
+        race means looking again."""
         try:
             self.lease_id = self.etcd.grant(self.ttl)
             for _ in range(attempts):
                 kvs, _rev = self.etcd.get(f"{self.prefix}/subnets/", prefix=True)
-                taken: set[ipaddress.IPv4Network] = set()
-                for kv in kvs:
-                    lease = parse_lease(self.prefix, kv.key, kv.value)
-                    if lease is None:
-                        continue
-                    taken.add(lease.subnet)
-                    if lease.node == want.node and conf.contains(lease.subnet):
-                        mine = _with_subnet(want, lease.subnet)
-                        if self.etcd.txn([Compare(kv.key, "MOD", kv.mod_revision)],
-                                         [Put(kv.key, mine.to_json(), self.lease_id)]):
-                            self.lease = mine
-                            return mine
-                        break
+                found = [(kv, lease) for kv in kvs if (lease := parse_lease(self.prefix, kv.key, kv.value))]
+                ours = [(kv, lease) for kv, lease in found if lease.node == want.node and conf.contains(lease.subnet)]
+                if ours:
+                    kv, lease = ours[0]
+                    got = self._put(want, lease.subnet, Compare(kv.key, "MOD", kv.mod_revision))
                 else:
+                    taken = {lease.subnet for _, lease in found} | {_subnet_of(self.prefix, kv.key) for kv in kvs}
                     choice = previous if previous is not None and conf.contains(previous) \
                         and previous not in taken else None
                     if choice is None:
@@ -165,15 +160,19 @@ class LeaseStore:
                         if not free:
                             raise NoSubnetAvailable(f"all subnets of {conf.network} /{conf.subnet_len} are leased")
                         choice = random.choice(free)
-                    mine = _with_subnet(want, choice)
-                    key = subnet_key(self.prefix, choice)
-                    if self.etcd.txn([Compare(key, "CREATE", 0)], [Put(key, mine.to_json(), self.lease_id)]):
-                        self.lease = mine
-                        return mine
-                previous = None  # lost a race: look again
+                    got = self._put(want, choice, Compare(subnet_key(self.prefix, choice), "CREATE", 0))
+                if got is not None:
+                    self.lease = got
+                    return got
+                previous = None
         except EtcdError as exc:
             raise self._guard(exc) from exc
         raise LeaseError(f"could not acquire a subnet after {attempts} attempts (heavy contention)")
+
+    def _put(self, want: Lease, subnet: ipaddress.IPv4Network, guard: Compare) -> Lease | None:
+        mine = _with_subnet(want, subnet)
+        key = subnet_key(self.prefix, subnet)
+        return mine if self.etcd.txn([guard], [Put(key, mine.to_json(), self.lease_id)]) else None
 
     def renew(self) -> int:
         """Keep our lease alive; returns the TTL. LeaseLost when it expired meanwhile."""
@@ -197,6 +196,20 @@ class LeaseStore:
             raise self._guard(exc) from exc
         self.lease = None
 
+    def release_node(self, node: str) -> list[ipaddress.IPv4Network]:
+        """Delete every lease that names `node` (node removal while its agent is not running); returns them."""
+        gone = []
+        try:
+            kvs, _ = self.etcd.get(f"{self.prefix}/subnets/", prefix=True)
+            for kv in kvs:
+                lease = parse_lease(self.prefix, kv.key, kv.value)
+                if lease is not None and lease.node == node and \
+                        self.etcd.txn([Compare(kv.key, "MOD", kv.mod_revision)], [Delete(kv.key)]):
+                    gone.append(lease.subnet)
+        except EtcdError as exc:
+            raise self._guard(exc) from exc
+        return gone
+
     def watch(self, revision: int) -> tuple[Watch, Iterator[list[Change]]]:
         """Changes after `revision`; close the returned Watch to stop the iterator."""
         try:
@@ -210,11 +223,8 @@ class LeaseStore:
             for events in w:
                 out = []
                 for ev in events:
-                    name = ev.kv.key[len(f"{self.prefix}/subnets/"):]
-                    net, _, plen = name.partition("-")
-                    try:
-                        subnet = ipaddress.IPv4Network((net, int(plen)))
-                    except ValueError:
+                    subnet = _subnet_of(self.prefix, ev.kv.key)
+                    if subnet is None:
                         continue
                     lease = parse_lease(self.prefix, ev.kv.key, ev.kv.value) if ev.type == "PUT" else None
                     out.append(Change(subnet, lease))
@@ -222,6 +232,14 @@ class LeaseStore:
                     yield out
         except EtcdError as exc:
             raise self._guard(exc) from exc
+
+
+def _subnet_of(prefix: str, key: str) -> ipaddress.IPv4Network | None:
+    net, _, plen = key[len(f"{prefix}/subnets/"):].partition("-")
+    try:
+        return ipaddress.IPv4Network((net, int(plen)))
+    except ValueError:
+        return None
 
 
 def _with_subnet(lease: Lease, subnet: ipaddress.IPv4Network) -> Lease:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from cnipy.cni.errors import (
 from cnipy.cni.validate import config_interface_name
 from cnipy.plugins.common import config as C
 from cnipy.plugins.common import container, ipam, masq, spoofchk
-from cnipy.plugins.common.kernel import kernel
+from cnipy.plugins.common.kernel import kernel, quietly
 from cnipy.plugins.common.masq import Attachment
 
 if TYPE_CHECKING:
@@ -131,8 +131,8 @@ def cmd_add(req: Request) -> Result:
         br = _setup_bridge(conf)
         veth = _setup_veth(undo, req, conf)
         if conf.macspoofchk:
+            undo.callback(quietly, spoofchk.teardown, att)
             spoofchk.setup(att, veth.host, veth.peer_mac)
-            undo.callback(_quietly, spoofchk.teardown, att)
         interfaces = [Interface(br.name, br.mac), Interface(veth.host, veth.host_mac),
                       Interface(req.ifname, veth.peer_mac, req.netns)]
         result = Result(req.config.cni_version, tuple(interfaces), dns=req.config.dns)
@@ -142,8 +142,8 @@ def cmd_add(req: Request) -> Result:
             if gateways:
                 interfaces += _host_side(conf, gateways)
             if conf.ip_masq:
+                undo.callback(quietly, masq.teardown, att)  # first: IPv4 may be in place when IPv6 fails
                 masq.setup(masq.backend_of(conf.masq_backend), att, [ip.address for ip in ips])
-                undo.callback(_quietly, masq.teardown, att)
             dns = allocated.dns if req.config.dns.is_empty() else req.config.dns
             result = Result(req.config.cni_version, (), tuple(ips), tuple(routes), dns)
         elif not conf.disable_container_interface:
@@ -196,7 +196,7 @@ def _setup_veth(undo: ExitStack, req: Request, conf: BridgeConf) -> VethPair:
         veth = netlink.create_veth(None, req.netns, req.ifname, mtu=conf.mtu, peer_mac=conf.mac)
     except netlink.AlreadyExists as exc:
         raise InterfaceExists(f"container interface {req.ifname} already exists", req.netns) from exc
-    undo.callback(_quietly, netlink.delete_link, req.netns, req.ifname)
+    undo.callback(quietly, netlink.delete_link, req.netns, req.ifname)
     _attach_port(conf, veth.host, conf.vlan, conf.vlans, conf.hairpin, conf.port_isolation)
     return veth
 
@@ -311,11 +311,6 @@ def _wait_port_up(port: str) -> None:
             return
     raise KernelError(f"bridge port {port} in error state: {state}")
 
-
-def _quietly(fn: Callable[..., object], *args: object) -> None:
-    """Undo steps must not hide the error that made us undo."""
-    with contextlib.suppress(Exception):
-        fn(*args)
 
 
 # -- DEL ----------------------------------------------------------------------------------------------------------

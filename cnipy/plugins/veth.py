@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 
@@ -16,7 +16,7 @@ from cnipy.cni import Interface, IPConfig, Request, Result, Route, invoke
 from cnipy.cni.errors import InterfaceExists, InvalidConfig, PluginNotAvailable, UnknownContainer
 from cnipy.plugins.common import config as C
 from cnipy.plugins.common import container, ipam, masq
-from cnipy.plugins.common.kernel import kernel
+from cnipy.plugins.common.kernel import kernel, quietly
 from cnipy.plugins.common.masq import Attachment
 
 ABOUT = "CNI cnipy-veth plugin"
@@ -55,13 +55,13 @@ def cmd_add(req: Request) -> Result:
             veth = netlink.create_veth(None, req.netns, req.ifname, mtu=conf.mtu)
         except netlink.AlreadyExists as exc:
             raise InterfaceExists(f"container interface {req.ifname} already exists", req.netns) from exc
-        undo.callback(_quietly, netlink.delete_link, req.netns, req.ifname)
+        undo.callback(quietly, netlink.delete_link, req.netns, req.ifname)
         _host_up(veth.host)  # before the container side: IPv6 DAD there needs the carrier
         _container_side(req, ips, allocated.routes)
         _host_side(veth.host, ips)
         if conf.ip_masq:
+            undo.callback(quietly, masq.teardown, att)  # first: IPv4 may be in place when IPv6 fails
             masq.setup(masq.backend_of(conf.masq_backend), att, [ip.address for ip in ips])
-            undo.callback(_quietly, masq.teardown, att)
         dns = allocated.dns if req.config.dns.is_empty() else req.config.dns
         host_mac = netlink.get_link(None, veth.host).mac
         undo.pop_all()
@@ -131,10 +131,6 @@ def _host_side(host: str, ips: Sequence[IPConfig]) -> None:
             ipaddress.ip_network(f"{ip.address.ip}/{host_len}"), dev=host, scope=netlink.RT_SCOPE_HOST),
             exist_ok=True)
 
-
-def _quietly(fn: Callable[..., object], *args: object) -> None:
-    with contextlib.suppress(Exception):
-        fn(*args)
 
 
 # -- DEL ----------------------------------------------------------------------------------------------------------
@@ -210,10 +206,15 @@ def _check_link(req: Request, cont: Interface, prev: Result, mtu: int, problems:
         with contextlib.suppress(netlink.InterfaceNotFound):
             h = netlink.get_link(None, host.name)
             if h.index == link.peer_index and h.peer_index == link.index:
+                routes = netlink.list_routes(None, dev=h.name)
+                addrs = netlink.list_addresses(None, h.name)
                 for ip in prev.ips:
-                    host_route = ipaddress.ip_network(f"{ip.address.ip}/{ip.address.max_prefixlen}")
-                    if not any(r.dst == host_route for r in netlink.list_routes(None, dev=h.name)):
+                    n = ip.address.max_prefixlen
+                    host_route = ipaddress.ip_network(f"{ip.address.ip}/{n}")
+                    if not any(r.dst == host_route for r in routes):
                         problems.append(f"host route {host_route} dev {h.name} is missing")
+                    if ip.gateway is not None and ipaddress.ip_interface(f"{ip.gateway}/{n}") not in addrs:
+                        problems.append(f"gateway address {ip.gateway}/{n} is not on {h.name}")
                 return
     problems.append(f"no host veth from prevResult is the peer of {req.ifname}")
 

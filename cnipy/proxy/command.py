@@ -52,6 +52,9 @@ def _route_localnet() -> None:
               help="File or directory of Service/EndpointSlice/Pod manifests (repeatable); watched for changes.")
 @click.option("--kubeconfig", type=click.Path(exists=True), help="Watch a Kubernetes API server instead.")
 @click.option("--in-cluster", is_flag=True, help="Use the pod's service account to reach the API server.")
+@click.option("--etcd", "etcd_url", help="Watch Services/EndpointSlices kept in etcd (http://host:port).")
+@click.option("--etcd-prefix", default="/cnipy.io/proxy", show_default=True,
+              help="Keys: <prefix>/services/<ns>/<name>, <prefix>/endpointslices/<ns>/<name> (JSON objects).")
 @click.option("--node-name", default=socket.gethostname, show_default="hostname",
               help="This node's name: endpoints with this nodeName are local.")
 @click.option("--cluster-cidr", multiple=True, help="Pod CIDR(s); traffic from elsewhere to a ClusterIP is "
@@ -91,11 +94,15 @@ def proxy_command(**opts: Any) -> None:
     source: Source
     if opts["manifests"]:
         source = ManifestPoller(opts["manifests"])
+    elif opts["etcd_url"]:
+        from cnipy.overlay.etcd import Client
+        from cnipy.proxy.etcdsource import EtcdSource
+        source = EtcdSource(Client(opts["etcd_url"]), opts["etcd_prefix"])
     elif opts["kubeconfig"] or opts["in_cluster"]:
         from cnipy.proxy.kubeapi import KubeSource, load_kubeconfig
         source = KubeSource(load_kubeconfig(opts["kubeconfig"], in_cluster=opts["in_cluster"]))
     else:
-        raise click.UsageError("give --manifests, --kubeconfig or --in-cluster")
+        raise click.UsageError("give --manifests, --kubeconfig, --in-cluster or --etcd")
     if config.localhost_nodeports:
         _route_localnet()
     hc = HealthCheckServers()

@@ -84,6 +84,7 @@ class ProxyDaemon:
         self.last_success_wall: float | None = None
         self.failing = False
         self.problems: tuple[ManifestError, ...] = ()
+        self.have_state = False
 
     # One turn of the loop; the tests drive this directly.
     def step(self) -> bool:
@@ -93,6 +94,9 @@ class ProxyDaemon:
         if update is not None:
             new_state, problems = update
             self._take(new_state, problems)
+            self.have_state = True
+        if not self.have_state:
+            return False  # never sync before the source's first snapshot: an empty one would drop every service
         if now - self.last_full >= self.timing.full_sync_period:
             self.pending = None
         if self.pending is not None and now - self.last_repair_check >= self.timing.repair_period:

@@ -25,14 +25,14 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]
 
 from cnipy.proxy.errors import ManifestError, SourceError
-from cnipy.proxy.model import ClusterState, EndpointSlice, Service
-from cnipy.proxy.objects import FieldError, build_state, parse_endpoint_slice, parse_service
+from cnipy.proxy.model import ClusterState
+from cnipy.proxy.store import SERVICES, SLICES, ObjectStore, object_key
 
 log = logging.getLogger("cnipy.proxy.kubeapi")
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-SERVICES = "/api/v1/services"
-ENDPOINT_SLICES = "/apis/discovery.k8s.io/v1/endpointslices"
+SERVICES_PATH = "/api/v1/services"
+ENDPOINT_SLICES_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
 
 
 @dataclass(frozen=True)
@@ -236,73 +236,26 @@ class ResourceWatcher:
         return rv
 
 
-def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
-    meta = obj.get("metadata") or {}
-    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
-
-
 class KubeSource:
     """Keeps Services and EndpointSlices from the API; ``poll`` returns a snapshot after changes."""
 
     def __init__(self, config: KubeConfig, *, start: bool = True, **watch_opts: Any) -> None:
         self.client = ApiClient(config)
-        self.lock = threading.Lock()
-        self.services: dict[tuple[str, str], Service | ManifestError | None] = {}
-        self.slices: dict[tuple[str, str], EndpointSlice | ManifestError] = {}
-        self.listed: set[str] = set()
-        self.generation = 0
-        self.seen_generation = -1
-        self.watchers = [
-            ResourceWatcher(self.client, SERVICES, on_list=lambda items: self._replace("svc", items),
-                            on_event=lambda kind, obj: self._event("svc", kind, obj), **watch_opts),
-            ResourceWatcher(self.client, ENDPOINT_SLICES, on_list=lambda items: self._replace("eps", items),
-                            on_event=lambda kind, obj: self._event("eps", kind, obj), **watch_opts),
-        ]
+        self.store = ObjectStore("api:")
+
+        def watcher(path: str, kind: str) -> ResourceWatcher:
+            return ResourceWatcher(
+                self.client, path, on_list=lambda items: self.store.replace(kind, items),
+                on_event=lambda ev, obj: self.store.delete(kind, object_key(obj)) if ev == "DELETED"
+                else self.store.put(kind, obj), **watch_opts)
+
+        self.watchers = [watcher(SERVICES_PATH, SERVICES), watcher(ENDPOINT_SLICES_PATH, SLICES)]
         if start:
             for w in self.watchers:
                 w.start()
 
-    def _parse(self, which: str, obj: Mapping[str, Any]) -> Any:
-        ns, name = _key(obj)
-        try:
-            return parse_service(obj) if which == "svc" else parse_endpoint_slice(obj)
-        except FieldError as exc:
-            where = (f"api:{SERVICES}" if which == "svc" else f"api:{ENDPOINT_SLICES}") + f"/{ns}/{name}"
-            return ManifestError(where, exc.field, exc.message)
-
-    def _store(self, which: str) -> dict[tuple[str, str], Any]:
-        return self.services if which == "svc" else self.slices
-
-    def _replace(self, which: str, items: list[dict[str, Any]]) -> None:
-        parsed = {_key(o): self._parse(which, o) for o in items}
-        with self.lock:
-            store = self._store(which)
-            store.clear()
-            store.update(parsed)
-            self.listed.add(which)
-            self.generation += 1
-
-    def _event(self, which: str, kind: str, obj: dict[str, Any]) -> None:
-        key = _key(obj)
-        value = None if kind == "DELETED" else self._parse(which, obj)
-        with self.lock:
-            store = self._store(which)
-            if value is None:
-                store.pop(key, None)
-            else:
-                store[key] = value
-            self.generation += 1
-
     def poll(self) -> tuple[ClusterState, tuple[ManifestError, ...]] | None:
-        with self.lock:
-            if self.listed != {"svc", "eps"} or self.generation == self.seen_generation:
-                return None  # nothing new, or not everything listed yet (an empty state would reject all)
-            self.seen_generation = self.generation
-            services = [s for s in self.services.values() if isinstance(s, Service)]
-            slices = [s for s in self.slices.values() if isinstance(s, EndpointSlice)]
-            problems = tuple(p for p in (*self.services.values(), *self.slices.values())
-                             if isinstance(p, ManifestError))
-        return build_state(services, slices, ()), problems
+        return self.store.snapshot()
 
     def stop(self) -> None:
         for w in self.watchers:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from socket import inet_ntoa
 from typing import NamedTuple
 
 from cnipy.proxy.model import (
@@ -35,6 +36,11 @@ class NodeConfig:
     masquerade_mark: int = 0x4000
 
 
+def ipv4_text(ip: IPv4Address) -> str:
+    """str(ip), several times faster: a full sync formats ~10 addresses per service."""
+    return inet_ntoa(int(ip).to_bytes(4, "big"))
+
+
 class Backend(NamedTuple):
     """An endpoint address and port (a tuple: 100k of them are built per full sync of 10k services)."""
 
@@ -43,7 +49,7 @@ class Backend(NamedTuple):
     local: bool = False
 
     def __str__(self) -> str:
-        return f"{self.ip}:{self.port}"
+        return f"{ipv4_text(self.ip)}:{self.port}"
 
 
 @dataclass(frozen=True)

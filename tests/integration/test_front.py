@@ -364,3 +364,23 @@ def test_worker_processes_stop_with_the_daemon(fronts: Path, tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+CLIENT_AS_NOBODY = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from cnipy.cni import wire
+reply = wire.call(sys.argv[2], wire.CallRequest("cnipy-loopback", {"CNI_COMMAND": "VERSION"}, b""))
+print(json.dumps({"code": reply.exit_code, "stdout": reply.stdout.decode()}))
+"""
+
+
+def test_other_users_are_refused_even_if_they_reach_the_socket(daemon: Path) -> None:
+    # The socket is 0600 in a 0700 directory; open both up to prove the daemon's own check (SO_PEERCRED).
+    os.chmod(daemon.parent, 0o711)
+    os.chmod(daemon, 0o666)
+    proc = subprocess.run([str(PYTHON), "-I", "-c", CLIENT_AS_NOBODY, str(ROOT), str(daemon)], user=65534,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["code"] == 1 and json.loads(got["stdout"])["code"] == 4

@@ -41,15 +41,22 @@ def vagrant(tmp_path: Path, *args: str, provider: str | None = None) -> subproce
 
 
 def test_vagrantfile_validates(tmp_path: Path) -> None:
-    plugins = vagrant(tmp_path, "plugin", "list").stdout
-    if "vagrant-libvirt" in plugins:
-        full = vagrant(tmp_path, "validate", provider="libvirt")
-        assert full.returncode == 0, full.stdout + full.stderr
-    for provider in ("libvirt", "virtualbox"):
-        result = vagrant(tmp_path, "validate", "--ignore-provider", provider=provider)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "validated successfully" in result.stdout
+    # The provider-independent part, as VirtualBox sees it (without VBoxManage its own checks can not run).
+    result = vagrant(tmp_path, "validate", "--ignore-provider", provider="virtualbox")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "validated successfully" in result.stdout
     assert not (VAGRANT / ".vagrant").exists()
+
+
+def test_vagrantfile_validates_with_the_libvirt_provider(tmp_path: Path) -> None:
+    if "vagrant-libvirt" not in vagrant(tmp_path, "plugin", "list").stdout:
+        message = "the vagrant-libvirt plugin is missing (Debian vagrant-libvirt; bin/setup --test installs it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    full = vagrant(tmp_path, "validate", provider="libvirt")  # including the libvirt provider's own checks
+    assert full.returncode == 0, full.stdout + full.stderr
+    assert "validated successfully" in full.stdout
 
 
 def test_vagrantfile_defines_three_nodes_for_both_providers() -> None:

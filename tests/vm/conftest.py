@@ -33,7 +33,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 GUEST = os.environ.get("CNIPY_VM_GUEST") == "1"
 RESULTS_ENV = "CNIPY_VM_RESULTS"
-VM_TIMEOUT = float(os.environ.get("CNIPY_VM_TIMEOUT", "900"))
+VM_TIMEOUT = float(os.environ.get("CNIPY_VM_TIMEOUT", "1500"))
 VM_MEMORY = "1G"
 VM_CPUS = "2"
 KERNEL_GLOB = os.environ.get("CNIPY_VM_KERNEL", "/boot/vmlinuz-6.1.*")

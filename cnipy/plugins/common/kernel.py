@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 
 from cnipy.cni.errors import KernelError, UnknownContainer
 
@@ -19,3 +19,9 @@ def kernel(what: str) -> Iterator[None]:
         raise UnknownContainer(f"{what}: network namespace not found", str(exc)) from exc
     except netlink.NetlinkError as exc:
         raise KernelError(f"{what} failed", str(exc)) from exc
+
+
+def quietly(fn: Callable[..., object], *args: object) -> None:
+    """An undo step: it must not hide the error that made us undo."""
+    with suppress(Exception):
+        fn(*args)

@@ -116,8 +116,8 @@ def render_ipt_remove(state: NatState, chains: Iterable[str]) -> str:
 
 
 def _nat_state(family: int) -> NatState | None:
-    proc = try_run([IPT_TOOLS[family][0], "-t", "nat"])
-    return parse_save(proc.stdout) if proc is not None else None
+    out = try_run([IPT_TOOLS[family][0], "-t", "nat"])
+    return parse_save(out) if out is not None else None
 
 
 def _restore(family: int, text: str, what: str) -> None:

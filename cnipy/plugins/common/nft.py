@@ -24,11 +24,11 @@ class NftTable:
 
 def read_table(family: str, table: str) -> NftTable | None:
     """The chains and rules of a table; None when the table does not exist (or nft is missing)."""
-    proc = try_run(["nft", "-j", "list", "table", family, table])
-    if proc is None:
+    out = try_run(["nft", "-j", "list", "table", family, table])
+    if out is None:
         return None
     try:
-        items = json.loads(proc.stdout).get("nftables", [])
+        items = json.loads(out).get("nftables", [])
     except ValueError as exc:
         raise RuleError(f"cannot parse nft output for table {family} {table}", str(exc)[:200]) from exc
     chains: set[str] = set()

@@ -67,35 +67,41 @@ class IptablesProxier:
                 else:
                     owned.pop(key, None)
         desired = self._desired(owned)
+        extra: dict[str, list[str]] = {}
         if full:
             write = desired
-            # After a restart we do not know what an earlier run left behind: ask the kernel (once).
-            known = self.applied if self.synced else {
-                ("nat", c): [] for c in self.ipt.list_chains("nat") if c.startswith(SERVICE_CHAIN_PREFIXES)}
+            # A full sync asks the kernel (one iptables-save) what exists: chains an earlier run left behind,
+            # whether our jumps from the built-in chains and the mangle canary are still there.
+            saved = self.ipt.save()
+            known: Chains = {("nat", c): [] for c in saved.get("nat", (set(), []))[0]
+                             if c.startswith(SERVICE_CHAIN_PREFIXES)}
+            known.update((tc, []) for tc in self.applied)
+            for table, chain, args in JUMPS:
+                if (chain, args) not in saved.get(table, (set(), []))[1]:
+                    extra.setdefault(table, []).append(f"-I {chain} 1 " + " ".join(map(_quote, args)))
+            if n.KUBE_PROXY_CANARY not in saved.get("mangle", (set(), []))[0]:
+                extra.setdefault("mangle", []).append(f":{n.KUBE_PROXY_CANARY} - [0:0]")
         else:
             write = {tc: rules for tc, rules in desired.items() if self.applied.get(tc) != rules}
             known = self.applied
         stale = [tc for tc in known if tc not in desired]
-        text, lines = _restore_text(write, stale, declare_all=desired if full else None)
+        text, lines = _restore_text(write, stale, declare_all=desired if full else None, extra=extra)
         if lines:
             self.ipt.restore(text)
-        if full:
-            self._ensure_jumps()
         self.owned, self.applied, self.synced = owned, desired, True
         self.rendered = {k: plans[k] for k in owned}
         return SyncResult(full=full, operations=lines, rules=sum(len(r) for r in desired.values()))
 
-    def _ensure_jumps(self) -> None:
-        for table, chain, args in JUMPS:
-            if not self.ipt.exists(table, chain, args):
-                self.ipt.insert(table, chain, args)
-
     def needs_repair(self) -> bool:
+        """kube-proxy's canary (a chain in the small mangle table: whoever flushes everything removes it), plus
+        the nat jump and the masquerade mark rule: two cheap checks, whatever the number of services."""
         if not self.synced:
             return False
         mark = f"0x{self.config.masquerade_mark:x}"
-        return not (self.ipt.exists("nat", n.KUBE_MARK_MASQ, ("-j", "MARK", "--or-mark", mark))
-                    and all(self.ipt.exists(t, c, a) for t, c, a in JUMPS))
+        table, chain, args = JUMPS[0]
+        return not (self.ipt.chain_exists("mangle", n.KUBE_PROXY_CANARY)
+                    and self.ipt.exists(table, chain, args)
+                    and self.ipt.exists("nat", n.KUBE_MARK_MASQ, ("-j", "MARK", "--or-mark", mark)))
 
     def cleanup(self) -> None:
         for table, chain, args in JUMPS:
@@ -107,22 +113,30 @@ class IptablesProxier:
                                      n.KUBE_FIREWALL, n.KUBE_PROXY_CANARY))):
             for c in names:
                 chains.setdefault((t, c), [])
-        text, _ = _restore_text({}, list(chains), declare_all=None)
+        text, _ = _restore_text({}, list(chains), declare_all=None,
+                                extra={"mangle": [f":{n.KUBE_PROXY_CANARY} - [0:0]", f"-X {n.KUBE_PROXY_CANARY}"]})
         self.ipt.restore(text)
         self.owned, self.applied, self.synced = {}, {}, False
         self.rendered = {}
 
 
-def _restore_text(write: Chains, stale: list[tuple[str, str]],
-                  declare_all: Chains | None) -> tuple[str, int]:
-    """Declare (flush) every chain we write or delete, then the rules, then delete the stale chains.
-    Chains neither written nor stale are left exactly as they are (--noflush)."""
+def _quote(arg: str) -> str:
+    return f'"{arg}"' if " " in arg else arg
+
+
+def _restore_text(write: Chains, stale: list[tuple[str, str]], declare_all: Chains | None,
+                  extra: dict[str, list[str]] | None = None) -> tuple[str, int]:
+    """Declare (flush) every chain we write or delete, then the rules, then delete the stale chains, then
+    ``extra`` lines (missing jumps from built-in chains, the canary). Chains neither written nor stale are left
+    exactly as they are (--noflush)."""
     out: list[str] = []
     count = 0
-    for table in ("filter", "nat"):
+    extra = extra or {}
+    for table in ("filter", "nat", "mangle"):
         declared = [c for t, c in (declare_all or write) if t == table]
         gone = [c for t, c in stale if t == table]
-        if not declared and not gone:
+        more = extra.get(table, [])
+        if not declared and not gone and not more:
             continue
         out.append(f"*{table}")
         out += [f":{c} - [0:0]" for c in declared]
@@ -132,6 +146,7 @@ def _restore_text(write: Chains, stale: list[tuple[str, str]],
                 out += rules
                 count += len(rules)
         out += [f"-X {c}" for c in gone]
+        out += more
         out.append("COMMIT")
-        count += len(declared) + 2 * len(gone) + 1
+        count += len(declared) + 2 * len(gone) + len(more) + 1
     return "\n".join(out) + "\n", count

@@ -16,7 +16,9 @@ KUBE_PROXY_CANARY = "KUBE-PROXY-CANARY"
 
 
 def _hash(text: str) -> str:
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+    # The first 16 base32 characters encode exactly the first 10 bytes: encoding only those is the same
+    # string as kube-proxy's encode-then-truncate, at a fraction of the cost (b32encode is pure Python).
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode()
 
 
 def port_proto_hash(service_port_name: str, protocol: str) -> str:

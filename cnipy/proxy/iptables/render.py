@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cnipy.proxy.iptables import names as n
-from cnipy.proxy.plan import Backend, NodeConfig, PortPlan
+from cnipy.proxy.plan import Backend, NodeConfig, PortPlan, ipv4_text
 
 NAT_BASE = (n.KUBE_SERVICES, n.KUBE_NODEPORTS, n.KUBE_POSTROUTING, n.KUBE_MARK_MASQ, n.KUBE_PROXY_CANARY)
 FILTER_BASE = (n.KUBE_SERVICES, n.KUBE_EXTERNAL_SERVICES, n.KUBE_PROXY_FIREWALL, n.KUBE_FIREWALL,
@@ -92,29 +92,30 @@ def _balance(c: IptContribution, chain: str, p: PortPlan, backends: tuple[Backen
     """A KUBE-SVC/KUBE-SVL chain: optional head rules, affinity checks, then statistic probabilities."""
     name, count = p.name, len(backends)
     rules = list(head)
-    seps = [(b, n.sep_chain(name, proto, str(b))) for b in backends]
+    texts = [(b, str(b)) for b in backends]
+    seps = [(b, text, n.sep_chain(name, proto, text)) for b, text in texts]
     if p.affinity_timeout is not None:
-        for b, sep in seps:
+        for b, _, sep in seps:
             rules.append(f'-A {chain} -m comment --comment "{name} -> {b}" -m recent --name {sep} '
                          f"--mask 255.255.255.255 --rsource --rcheck --seconds {p.affinity_timeout} --reap -j {sep}")
-    for i, (b, sep) in enumerate(seps):
+    for i, (b, text, sep) in enumerate(seps):
         prob = "" if i == count - 1 else f" -m statistic --mode random --probability {1.0 / (count - i):.10f}"
-        rules.append(f'-A {chain} -m comment --comment "{name} -> {b}"{prob} -j {sep}')
+        rules.append(f'-A {chain} -m comment --comment "{name} -> {text}"{prob} -j {sep}')
         if sep not in c.chains:
             recent = "" if p.affinity_timeout is None else \
                 f" -m recent --name {sep} --mask 255.255.255.255 --rsource --set"
             c.chains[sep] = [
-                f"-A {sep} -m comment --comment {_q(name)} -s {b.ip}/32 -j {n.KUBE_MARK_MASQ}",
+                f"-A {sep} -m comment --comment {_q(name)} -s {ipv4_text(b.ip)}/32 -j {n.KUBE_MARK_MASQ}",
                 f"-A {sep} -m comment --comment {_q(name)} -m {proto} -p {proto}{recent} -j DNAT "
-                f"--to-destination {b}",
+                f"--to-destination {text}",
             ]
     c.chains[chain] = rules
 
 
 def port_rules(c: IptContribution, p: PortPlan, cfg: NodeConfig) -> None:
     name, proto = p.name, p.protocol.value.lower()
-    svc, svl = n.svc_chain(name, proto), n.svl_chain(name, proto)
-    ext, fw = n.ext_chain(name, proto), n.fw_chain(name, proto)
+    h = n.port_proto_hash(name, proto)
+    svc, svl, ext, fw = f"KUBE-SVC-{h}", f"KUBE-SVL-{h}", f"KUBE-EXT-{h}", f"KUBE-FW-{h}"
     match = f"-m {proto} -p {proto}"
     internal_chain = svl if p.internal_local else svc
     internal = p.internal_backends

@@ -34,8 +34,11 @@ class IptablesInterface(Protocol):
     def delete(self, table: str, chain: str, args: Sequence[str]) -> None:
         """iptables -D; a missing rule is not an error."""
 
-    def list_chains(self, table: str) -> list[str]:
-        """Names of all chains in a table."""
+    def save(self) -> dict[str, tuple[set[str], list[tuple[str, tuple[str, ...]]]]]:
+        """One iptables-save: per table, its chain names and the rules of its built-in chains."""
+
+    def chain_exists(self, table: str, chain: str) -> bool:
+        """Does the chain exist (cheap for small tables such as mangle)?"""
 
 
 class Iptables:
@@ -73,11 +76,35 @@ class Iptables:
     def delete(self, table: str, chain: str, args: Sequence[str]) -> None:
         self._run([self.iptables, "-w", "5", "-t", table, "-D", chain, *args])
 
-    def list_chains(self, table: str) -> list[str]:
-        proc = self._run([self.restore_bin.replace("-restore", "-save"), "-t", table])
+    def save(self) -> dict[str, tuple[set[str], list[tuple[str, tuple[str, ...]]]]]:
+        proc = self._run([self.restore_bin.replace("-restore", "-save")])
         if proc.returncode != 0:
-            raise ApplyError(f"iptables-save -t {table} failed: {proc.stderr.strip()}")
-        return [ln[1:].split()[0] for ln in proc.stdout.splitlines() if ln.startswith(":")]
+            raise ApplyError(f"iptables-save failed: {proc.stderr.strip()}")
+        return parse_save(proc.stdout)
+
+    def chain_exists(self, table: str, chain: str) -> bool:
+        return self._run([self.iptables, "-w", "5", "-t", table, "-S", chain]).returncode == 0
+
+
+_BUILTIN = tuple(f"-A {c} " for c in {c for cs in BUILTIN_CHAINS.values() for c in cs})
+
+
+def parse_save(text: str) -> dict[str, tuple[set[str], list[tuple[str, tuple[str, ...]]]]]:
+    """iptables-save output -> per table: chain names, and (chain, args) of rules in built-in chains only
+    (the proxy's tables can hold 400k rules; only the few jumps from built-in chains matter)."""
+    out: dict[str, tuple[set[str], list[tuple[str, tuple[str, ...]]]]] = {}
+    chains: set[str] = set()
+    rules: list[tuple[str, tuple[str, ...]]] = []
+    for line in text.splitlines():
+        if line.startswith("*"):
+            chains, rules = set(), []
+            out[line[1:].strip()] = (chains, rules)
+        elif line.startswith(":"):
+            chains.add(line[1:].split()[0])
+        elif line.startswith(_BUILTIN):
+            args = shlex.split(line)
+            rules.append((args[1], tuple(args[2:])))
+    return out
 
 
 def _target(args: Sequence[str]) -> str | None:
@@ -141,6 +168,11 @@ class FakeIptables:
                     del table[chain]
                 elif op == "-F":
                     table[chain] = []
+                elif op == "-I":
+                    target = _target(rest[1:])
+                    if target and target not in BUILTIN_TARGETS and target not in table:
+                        raise FakeApplyError("ENOENT", f"{where}: no chain/target {target}")
+                    table[chain].insert(int(rest[0]) - 1, rest[1:])
                 else:
                     raise FakeApplyError("EINVAL", f"{where}: unsupported {op}")
         if table is not None:
@@ -176,8 +208,12 @@ class FakeIptables:
         if tuple(args) in rules:
             rules.remove(tuple(args))
 
-    def list_chains(self, table: str) -> list[str]:
-        return list(self.tables[table])
+    def save(self) -> dict[str, tuple[set[str], list[tuple[str, tuple[str, ...]]]]]:
+        return {t: (set(chains), [(c, r) for c in BUILTIN_CHAINS[t] for r in chains[c]])
+                for t, chains in self.tables.items()}
+
+    def chain_exists(self, table: str, chain: str) -> bool:
+        return chain in self.tables[table]
 
     def flush_all(self, table: str) -> None:
         """What ``iptables -t table -F`` does: empty every chain, keep them."""

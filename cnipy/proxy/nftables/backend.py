@@ -74,9 +74,7 @@ class NftablesProxier:
         self.owned, self.hairpin, self.chain_refs, self.synced = built.owned, built.hairpin, built.chain_refs, True
         self.rendered = {key: ports for key, ports in plans.items() if ports}
         self.elements = built.elements
-        rules = sum(len(r) for _, r in chains.values()) + sum(
-            len(dispatch_rules(c, self.config)) for c in built.chain_refs)
-        return SyncResult(full=True, operations=len(tx), rules=rules, elements=self.elements)
+        return SyncResult(full=True, operations=len(tx), rules=self.rule_count(), elements=self.elements)
 
     def _full_ops(self, plans: ServicePlans, built: _FullBuild) -> Iterator[tuple[Verb, Object]]:
         items = [(key, ports) for key, ports in plans.items() if ports]
@@ -93,8 +91,8 @@ class NftablesProxier:
                         for r in dispatch_rules(name, self.config):
                             yield Verb.ADD, Rule(name, r)
                 built.chain_refs.update(c.chains)
-                for set_name, elems in c.elements.items():
-                    batch.setdefault(set_name, []).extend(elems.items())
+                for set_name, owned_elems in c.elements.items():
+                    batch.setdefault(set_name, []).extend(owned_elems.items())
             for set_name, elems in batch.items():
                 built.elements += len(elems)
                 yield Verb.ADD, Elements(set_name, tuple(elems))

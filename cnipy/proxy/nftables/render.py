@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
 from cnipy.proxy.nftables.transaction import Chain, Set
-from cnipy.proxy.plan import Backend, NodeConfig, Plan, PortPlan
+from cnipy.proxy.plan import Backend, NodeConfig, Plan, PortPlan, ipv4_text
 
 FAMILY = "ip"
 TABLE = "cnipy"
@@ -195,7 +195,7 @@ class Contribution:
     def _slots(self, table: str, key: str, backends: tuple[Backend, ...]) -> None:
         m = self.elements.setdefault(table, {})
         for i, b in enumerate(backends):
-            m[f"{key} . {i}"] = f"{b.ip!s} . {b.port}"  # !s: IPv4Address.__format__ is slow
+            m[f"{key} . {i}"] = f"{ipv4_text(b.ip)} . {b.port}"
 
     def port(self, p: PortPlan) -> None:
         proto = p.protocol.value.lower()
@@ -205,7 +205,7 @@ class Contribution:
         for ip in p.cluster_ips:
             self.dest("ip", proto, f"{ip!s} . {proto} . {p.port}", "c", internal, (), affinity, no_internal)
         for b in p.local_backends:  # hairpin only happens on the endpoint's own node
-            self.hairpin.add(f"{b.ip!s} . {b.ip!s}")
+            self.hairpin.add(f"{ipv4_text(b.ip)} . {ipv4_text(b.ip)}")
         if not p.has_external:
             return
         external = p.external_backends

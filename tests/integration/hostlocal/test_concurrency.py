@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.support.cni import GO_HOST_LOCAL, OURS, env, hostlocal_conf, run_exec, state_files
 
@@ -117,3 +120,19 @@ def test_killed_at_random_moments(tmp_path: Path) -> None:
     gc(conf, sorted(finished))
     files = addresses(tmp_path)
     assert files == {ip: f"{cid}\r\neth0".encode() for cid, ip in finished.items()}
+
+
+def test_status_and_add_on_a_read_only_data_dir(tmp_path: Path) -> None:
+    """dataDir on a read-only file system (a private mount namespace, so nothing leaks): STATUS says 50, ADD 5."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) missing")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    conf = hostlocal_conf(ro, version="1.1.0")
+    for verb, code in (("STATUS", 50), ("ADD", 5)):
+        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               f'mount -t tmpfs -o ro cnhro "{ro}" && exec "{OURS}"'],
+                              input=json.dumps(conf).encode(), env=env(verb), capture_output=True, timeout=30,
+                              check=False)
+        assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == code, (verb, proc)
+    assert list(ro.iterdir()) == []

@@ -37,13 +37,13 @@ def test_corpus_through_the_executable(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("plugin", ["cnipy-host-local", "cnipy-loopback"])
 def test_about_text_without_command(plugin: str) -> None:
-    run = run_exec(PLUGINS / plugin, {"PATH": "/usr/bin:/bin"}, b"")
+    run = run_exec(PLUGINS / plugin, {"PATH": "/usr/bin:/bin", "CNIPY_CNI_SOCKET": ""}, b"")
     assert run.code == 0 and run.stdout == b""
     assert b"CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0" in run.stderr
 
 
 def test_version_through_the_executable() -> None:
-    run = run_exec(OURS, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion":"0.4.0"}')
+    run = run_exec(OURS, {"CNI_COMMAND": "VERSION", "CNIPY_CNI_SOCKET": ""}, b'{"cniVersion":"0.4.0"}')
     assert run.code == 0 and json.loads(run.stdout) == {
         "cniVersion": "0.4.0", "supportedVersions": ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
 

@@ -14,5 +14,6 @@ from tests.unit.overlay.test_leases import (  # noqa: F401
     test_exhaustion_is_reported,
     test_previous_subnet_is_preferred_when_free,
     test_release_gives_the_subnet_back,
+    test_removing_a_node_deletes_its_leases_only,
     test_watch_reports_peer_changes,
 )

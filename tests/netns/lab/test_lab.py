@@ -149,3 +149,15 @@ def test_spawned_daemons_are_recorded_and_stopped_by_down(lab_name: str, state_r
     assert report.processes == 1 and not report.leftovers
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
     assert leftovers(lab_name, state_root, before) == []
+
+
+def test_down_waits_for_a_running_up_of_the_same_lab(lab_name: str, state_root: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnipy.lab import files
+
+    up(spec(lab_name, state_root, nodes=1, pods_per_node=1))
+    monkeypatch.setattr(files, "LOCK_TIMEOUT", 0.3)
+    with files.locked(state_root / lab_name), pytest.raises(Exception, match="another `cnipy lab` command"):
+        down(lab_name, state_root=state_root)
+    assert status(lab_name, state_root).phase == "up"
+    assert not down(lab_name, state_root=state_root).leftovers

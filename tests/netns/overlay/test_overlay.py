@@ -167,6 +167,20 @@ def test_a_node_joins_and_leaves(cluster_factory: list[Cluster]) -> None:
         assert time.monotonic() < deadline, [routes(n) for n in c.nodes[:3]]
         time.sleep(0.1)
     assert "cnipy.1" not in in_ns(n4.ns, "ip", "link")
+    # a node removed while its agent is down: `cnipy agent --remove-node` deletes its lease
+    n3 = c.nodes[2]
+    sub3 = str(subnetfile.read(n3.subnet_file).subnet.network)
+    c.stop_agent(n3)  # plain SIGTERM: the lease stays (a restart would take it back)
+    time.sleep(0.3)
+    assert sub3 in routes(c.nodes[0])
+    from tests.netns.overlay.topo import PY
+    out = in_ns(c.nodes[0].ns, PY, "-c", "import sys; from cnipy.cli.agent import agent_command; "
+                "agent_command(sys.argv[1:])", "--remove-node", "--node", "n3", "--etcd", c.etcd_url)
+    assert sub3 in out
+    deadline = time.monotonic() + 3
+    while any(sub3 in routes(n) for n in c.nodes[:2]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 def test_state_removed_by_hand_is_repaired(cluster_factory: list[Cluster]) -> None:

@@ -122,14 +122,16 @@ def lab(lab_factory: Callable[[], Lab]) -> Lab:
     return lab_factory()
 
 
-def link_pair(a: N.Netns, b: N.Netns, a_addr: str, b_addr: str) -> None:
-    """A veth between two namespaces with addresses (an "outside" network next to the node)."""
+def link_pair(a: N.Netns, b: N.Netns, a_addr: str, b_addr: str) -> str:
+    """A veth between two namespaces with addresses (an "outside" network next to the node); its name in `a`
+    (it is `up0` in `b`)."""
     name = N.unique("cnb")
     N.run(["ip", "link", "add", name, "netns", a.name, "type", "veth", "peer", "name", "up0", "netns", b.name])
     a.run("ip", "addr", "add", a_addr, "dev", name)
     a.run("ip", "link", "set", name, "up")
     b.run("ip", "addr", "add", b_addr, "dev", "up0")
     b.run("ip", "link", "set", "up0", "up")
+    return name
 
 
 SERVER = r"""

@@ -143,12 +143,9 @@ def test_ipv6_masquerade(lab: Lab, serve: Callable[..., Server]) -> None:
     r1 = ok(cni(lab.node, "cnipy-bridge", "ADD", conf, netns=f"/run/netns/{pod1.name}", cid="p1"))
     r2 = ok(cni(lab.node, "cnipy-bridge", "ADD", conf, netns=f"/run/netns/{pod2.name}", cid="p2"))
     outside = lab.pod()
-    link_pair(lab.node, outside, OUTSIDE_NODE, OUTSIDE_SERVER)
-    dev = lab.node.run("ip", "-o", "link", "show", "type", "veth").stdout
-    name = next(w.split("@")[0] for w in dev.split() if w.startswith("cnb"))
+    name = link_pair(lab.node, outside, OUTSIDE_NODE, OUTSIDE_SERVER)
     lab.node.run("ip", "addr", "add", "fd00:ff::1/64", "dev", name, "nodad")
     outside.run("ip", "addr", "add", "fd00:ff::2/64", "dev", "up0", "nodad")
-    lab.node.run("ip", "-6", "addr", "show", "dev", "cnbbr0")
     far = serve(outside, "fd00:ff::2", 8080)
     deadline = time.monotonic() + 10  # the gateway address on the bridge finishes DAD first
     seen = None

@@ -80,7 +80,8 @@ def test_check_bridge_port_options(lab: Lab) -> None:
 
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_del_is_idempotent_and_survives_a_vanished_namespace(lab: Lab, plugin: str) -> None:
-    conf = _conf(lab, plugin, ipMasq=True)
+    extra = {"macspoofchk": True} if plugin == "cnipy-bridge" else {}
+    conf = _conf(lab, plugin, ipMasq=True, **extra)
     pod = lab.pod()
     netns = f"/run/netns/{pod.name}"
     ok(cni(lab.node, plugin, "ADD", conf, netns=netns))
@@ -197,15 +198,27 @@ def test_mac_from_cni_args_and_runtime_config(lab: Lab) -> None:
     assert "02:00:00:00:00:03" in pod.run("ip", "link", "show", "eth1").stdout
 
 
-def test_many_concurrent_adds_create_the_bridge_once(lab: Lab) -> None:
-    conf = _conf(lab, "cnipy-bridge", bridge="cnbrace")
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_many_concurrent_adds_and_dels(lab: Lab, backend: str) -> None:
+    """8 ADDs at once create the bridge and its gateway address once, and their rules without conflicts."""
+    conf = _conf(lab, "cnipy-bridge", bridge="cnbrace", ipMasq=True, ipMasqBackend=backend)
     pods = [lab.pod() for _ in range(8)]
-    with ThreadPoolExecutor(8) as pool:
-        calls = list(pool.map(lambda p: cni(lab.node, "cnipy-bridge", "ADD", conf, netns=f"/run/netns/{p.name}",
-                                             cid=p.name), pods))
-    assert [c.rc for c in calls] == [0] * 8, [c.out for c in calls if c.rc]
+
+    def run(verb: str) -> list[int]:
+        with ThreadPoolExecutor(8) as pool:
+            calls = list(pool.map(lambda p: cni(lab.node, "cnipy-bridge", verb, conf,
+                                                 netns=f"/run/netns/{p.name}", cid=p.name), pods))
+        assert [c.rc for c in calls] == [0] * 8, [c.out for c in calls if c.rc]
+        return [c.rc for c in calls]
+
+    run("ADD")
     addrs = lab.node.run("ip", "-4", "-o", "addr", "show", "dev", "cnbrace").stdout
     assert addrs.count("inet ") == 1 and "10.88.0.1/24" in addrs
+    left = lab.leftovers()
+    assert len(left["ipam_files"]) == 8
+    assert len(left["nft_rules"] if backend == "nftables" else [c for c in left["chains"] if c[0] == ":"]) == 8
+    run("DEL")
+    _clean(lab)
 
 
 @pytest.mark.parametrize("plugin", PLUGINS)
@@ -249,6 +262,12 @@ def test_check_mtu_and_link_state(lab: Lab) -> None:
     pod.run("ip", "link", "set", "eth0", "mtu", "1300")
     call = cni(lab.node, "cnipy-veth", "CHECK", as_prev(conf, result), netns=netns)
     assert "MTU is 1300, config says 1400" in call.out["details"]
+    veth = result["interfaces"][0]["name"]
+    lab.node.run("ip", "addr", "flush", "dev", veth)
+    call = cni(lab.node, "cnipy-veth", "CHECK", as_prev(conf, result), netns=netns)
+    # Without an address on the veth the kernel drops its routes too: both differences are named.
+    assert f"gateway address 10.88.0.1/32 is not on {veth}" in call.out["details"]
+    assert f"host route 10.88.0.2/32 dev {veth} is missing" in call.out["details"]
 
 
 def test_layer2_and_disabled_container_interface(lab: Lab) -> None:
@@ -288,3 +307,21 @@ def test_force_address(lab: Lab) -> None:
            netns=f"/run/netns/{pod.name}"))
     addrs = lab.node.run("ip", "-4", "-o", "addr", "show", "dev", "cnbbr0").stdout
     assert "10.88.0.1/24" in addrs and "10.99.0.1" not in addrs
+
+
+@pytest.mark.parametrize("version", ["0.2.0", "0.3.1", "0.4.0", "1.0.0"])
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_older_spec_versions(lab: Lab, plugin: str, version: str) -> None:
+    conf = _conf(lab, plugin, version=version)
+    pod = lab.pod()
+    netns = f"/run/netns/{pod.name}"
+    result = ok(cni(lab.node, plugin, "ADD", conf, netns=netns))
+    assert result["cniVersion"] == version
+    if version == "0.2.0":
+        assert result["ip4"]["ip"] == "10.88.0.2/24"
+    else:
+        assert result["ips"][0]["address"] == "10.88.0.2/24"
+    if version >= "0.4.0":
+        ok(cni(lab.node, plugin, "CHECK", as_prev(conf, result), netns=netns))
+    ok(cni(lab.node, plugin, "DEL", conf, netns=netns))
+    _clean(lab)

@@ -159,12 +159,12 @@ def test_failed_apply_leaves_previous_rules(mode: str, topo_factory: Callable[..
     before = topo.node.run(*dump).stdout
     # Break the next load the way a kernel or tool refusal would: one bad line inside the transaction.
     runner: Any = p.nft if mode == "nftables" else p.ipt  # type: ignore[attr-defined]
-    attr = "run_text" if mode == "nftables" else "restore"
+    attr = "run_lines" if mode == "nftables" else "restore"
     real = getattr(runner, attr)
 
-    def broken(text: str) -> None:
+    def broken(text: Any) -> None:
         if mode == "nftables":
-            real(text + "add rule ip cnipy services bogus\n")
+            real([*text, "add rule ip cnipy services bogus\n"])
         else:
             real(text.replace("COMMIT", "-A KUBE-SERVICES --bogus\nCOMMIT", 1))
 
@@ -185,3 +185,21 @@ def test_localhost_node_ports_when_enabled(mode: str, topo_factory: Callable[...
     sync(mode, topo, state((s, endpoints(s, *topo.endpoint_ips))), localhost_nodeports=True)
     r = topo.probe("tcp", "127.0.0.1", "30080", "5", ns=topo.node)
     assert r["fail"] == 0 and r["peers"] == {"10.244.1.1": 5}  # masqueraded: 127/8 may not leave the node
+
+
+@pytest.mark.parametrize("variant", ["iptables", "iptables-legacy"])
+def test_iptables_full_resync_and_restart_keep_one_jump_each(variant: str, netns_factory: Callable[[], Any]) -> None:
+    node = netns_factory()
+    s = service("web", "10.96.0.10", type="NodePort", node_port=30080)
+    c = config()
+    plans = build_plans(state((s, endpoints(s, "10.244.1.2"))), c)
+    make_proxier(variant, node, c).sync(plans, None)
+    again = make_proxier(variant, node, c)  # a restarted proxy: learns what exists from iptables-save
+    again.sync(plans, None)
+    again.sync(plans, None)
+    assert not again.needs_repair()
+    save = node.run("iptables-legacy-save" if variant == "iptables-legacy" else "iptables-save").stdout
+    jumps = [ln for ln in save.splitlines() if ln.startswith("-A ") and ln.split()[1] in
+             ("PREROUTING", "OUTPUT", "POSTROUTING", "INPUT", "FORWARD")]
+    assert len(jumps) == len(set(jumps)) == 12, jumps
+    assert ":KUBE-PROXY-CANARY" in save

@@ -11,6 +11,7 @@ import os
 import socket
 import stat
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -249,3 +250,24 @@ def test_an_unsafe_directory_is_refused(tmp_path: Path, fakes: Fakes) -> None:
     os.chmod(shared, 0o777)
     with pytest.raises(DaemonError):
         Daemon(str(shared / "cni.sock"), resolve=fakes.resolve).bind()
+
+
+def test_code_changes_stop_a_watching_daemon(tmp_path: Path, fakes: Fakes, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnipy.cni import daemon as D
+
+    source = tmp_path / "fake_module.py"
+    source.write_text("")
+    os.utime(source, ns=(1_000_000_000, 1_000_000_000))
+    monkeypatch.setitem(sys.modules, "cnipy._cnf_fake", SimpleNamespace(__file__=str(source)))
+    d, t = start(tmp_path / "cni.sock", fakes)
+    try:
+        D._watch_code(d, interval=0.05)
+        time.sleep(0.2)
+        assert t.is_alive()  # nothing changed yet
+        os.utime(source)
+        t.join(5)
+        assert not t.is_alive()
+    finally:
+        d.stop()
+        t.join(5)
+        d.close(grace=5)

@@ -40,17 +40,6 @@ def test_own_plugin_runs_in_process_and_by_exec_alike(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "data" / "cnhnet").iterdir()) == ["last_reserved_ip.0", "lock"]
 
 
-@pytest.mark.skipif(not (GO_CNI / "host-local").exists(), reason="reference plugins missing")
-def test_foreign_plugin_by_exec(tmp_path: Path) -> None:
-    req = request(tmp_path, f"/nonexistent:{GO_CNI}", ptype="host-local")
-    res = invoke.add("host-local", req)
-    assert [str(i.address) for i in res.ips] == ["10.77.0.2/24"]
-    with pytest.raises(CniError) as info:  # the reference's own error, code passed through (999)
-        invoke.add("host-local", req)
-    assert info.value.code == 999 and "duplicate" in info.value.msg
-    invoke.delete("host-local", req)
-
-
 def test_delegate_error_code_passed_through(tmp_path: Path) -> None:
     script(tmp_path, "failing", 'echo \'{"cniVersion":"1.0.0","code":11,"msg":"busy","details":"later"}\'; exit 1\n')
     with pytest.raises(CniError) as info:

@@ -129,3 +129,27 @@ def test_no_input_is_an_internal_error(tmp_path: Path, verb: str, top: dict[str,
     if out.exit_code != 0:
         err = json.loads(out.stdout)
         assert err["code"] not in (0, 100), (err, conf)
+
+
+_addr_like = st.sampled_from(["10.0.0.0/24", "10.0.0.0/30", "10.0.0.5/24", "10.0.0.0/32", "10.0.0.1", "10.0.0.254",
+                              "10.0.1.1", "::/0", "fd00::/64", "fd00::/127", "fd00::1", "::ffff:10.0.0.1",
+                              "::ffff:10.0.0.0/120", "0.0.0.0/0", "255.255.255.255", "", " ", "10.0.0.0/24 "]) \
+    | _scalars
+_range = st.dictionaries(st.sampled_from(["subnet", "rangeStart", "rangeEnd", "gateway"]), _addr_like, max_size=4)
+
+
+@settings(max_examples=int(os.environ.get("CNIPY_FUZZ_EXAMPLES", "300")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["ADD", "DEL", "CHECK", "STATUS"]), st.lists(st.lists(_range, max_size=3), max_size=3),
+       st.lists(_addr_like, max_size=3), st.one_of(st.none(), _addr_like))
+def test_no_range_layout_is_an_internal_error(tmp_path: Path, verb: str, ranges: list[Any], ips: list[Any],
+                                              env_ip: Any) -> None:
+    """Plausible and implausible range layouts and requested addresses, deep in the config: never code 100."""
+    tmp = Path(tempfile.mkdtemp(dir=tmp_path))
+    conf = hostlocal_conf(tmp, version="1.1.0", ranges=ranges)
+    conf["runtimeConfig"] = {"ips": ips}
+    extra = {"CNI_ARGS": f"IP={env_ip}"} if isinstance(env_ip, str) and ";" not in env_ip else {}
+    out = execute(hostlocal, env(verb, **extra), json.dumps(conf).encode())
+    assert b"Traceback" not in out.stdout + out.stderr
+    if out.exit_code != 0:
+        assert json.loads(out.stdout)["code"] not in (0, 100), (json.loads(out.stdout), conf)

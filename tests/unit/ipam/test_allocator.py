@@ -139,7 +139,8 @@ def test_fake_and_disk_store_agree(tmp_path: Path, ops: list[tuple[str, int, str
     disk = DiskStore.create(tempfile.mkdtemp(dir=tmp_path), "net")
     mem = MemoryStore()
     answers: list[list[object]] = [[], []]
-    for i, store in enumerate((mem, disk)):
+    stores: list[Store] = [mem, disk]
+    for i, store in enumerate(stores):
         a = Allocator(store, sets)
         for op, c, ifname, n in ops:
             try:

@@ -110,3 +110,10 @@ def test_crashed_writer_leftovers_are_skipped_then_collected(tmp_path: Path) -> 
         assert str(a.allocate("c", "eth0")[0].address) == "10.0.0.3/29"
         assert a.collect({("c", "eth0")}) == [ip("10.0.0.2")]
     assert sorted(p.name for p in d.iterdir()) == ["10.0.0.3", "last_reserved_ip.0", "lock"]
+
+
+def test_addresses_starting_with_a_colon(tmp_path: Path) -> None:
+    with DiskStore.create(str(tmp_path), "n") as s, s.locked():
+        assert s.reserve(Owner("c", "eth0"), ip("::5"), 0)
+        assert s.allocations() == {ip("::5"): Owner("c", "eth0")}
+    assert (tmp_path / "n" / "::5").read_bytes() == b"c\r\neth0"

@@ -95,3 +95,12 @@ def test_checksum_offload_policy() -> None:
     assert checksum_offload_broken("auto", "5.4.0-150-generic")
     assert not checksum_offload_broken("auto", "5.7.0") and not checksum_offload_broken("auto", "6.1.0-28-amd64")
     assert checksum_offload_broken("off", "6.18.0") and not checksum_offload_broken("on", "4.19.0")
+
+
+def test_ipv6_underlay_peers() -> None:
+    v6 = Underlay("eth0", ipaddress.IPv6Interface("2001:db8::11/64"), 1500)
+    peer = lease(2, "2001:db8::12")
+    want = VxlanBackend(BackendConfig(direct_routing=True), v6, "n1").desired(lease(1, "2001:db8::11"), [peer])
+    assert [r.dev for r in want.routes] == ["cnipy.1"] and [str(f.dst) for f in want.fdb] == ["2001:db8::12"]
+    hg = HostGwBackend(BackendConfig(type="host-gw"), v6, "n1").desired(lease(1, "2001:db8::11"), [peer])
+    assert not hg.routes and "IPv6 underlay" in hg.rejected[0]

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+from pathlib import Path
 
 import pytest
 
 from cnipy.overlay import config as C
-from cnipy.overlay.etcd import Etcd, FakeEtcd
+from cnipy.overlay.etcd import Etcd, FakeEtcd, FileEtcd
 from cnipy.overlay.leases import Lease, LeaseLost, LeaseStore, NoSubnetAvailable, StoreUnavailable
 
 CONF = C.parse({"Network": "10.244.0.0/16", "SubnetLen": 24})
@@ -103,3 +104,37 @@ def test_watch_reports_peer_changes(etcd: Etcd, prefix: str) -> None:
             break
     w.close()
     assert [(c.subnet, c.lease) for c in seen] == [(lease.subnet, lease), (lease.subnet, None)]
+
+
+def test_removing_a_node_deletes_its_leases_only(etcd: Etcd, prefix: str) -> None:
+    a = LeaseStore(etcd, prefix, ttl=60).acquire(CONF, want("a"))
+    LeaseStore(etcd, prefix, ttl=60).acquire(CONF, want("b"))
+    assert LeaseStore(etcd, prefix).release_node("a") == [a.subnet]
+    assert [lease.node for lease in LeaseStore(etcd, prefix).snapshot()[0]] == ["b"]
+
+
+def test_static_file_store_is_safe_across_instances(tmp_path: Path) -> None:
+    """Each agent (process) of the static mode opens the lease file on its own: flock keeps them apart."""
+    path = str(tmp_path / "leases.json")
+    small = C.parse({"Network": "10.9.0.0/24", "SubnetLen": 28})
+    got: list[ipaddress.IPv4Network] = []
+
+    def run(i: int) -> None:
+        got.append(LeaseStore(FileEtcd(path), "/p", ttl=60).acquire(small, want(f"n{i}")).subnet)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(got) == 10 and len(set(got)) == 10
+    assert len(LeaseStore(FileEtcd(path), "/p").snapshot()[0]) == 10
+
+
+def test_malformed_entries_are_ignored_but_their_subnets_stay_taken(etcd: Etcd, prefix: str) -> None:
+    tiny = C.parse({"Network": "10.9.0.0/29", "SubnetLen": 30, "SubnetMin": "10.9.0.0", "SubnetMax": "10.9.0.4"})
+    etcd.put(f"{prefix}/subnets/garbage", "x")
+    etcd.put(f"{prefix}/subnets/10.9.0.0-30", "not json")
+    store = LeaseStore(etcd, prefix, ttl=60)
+    assert store.snapshot()[0] == []
+    assert str(store.acquire(tiny, want("a")).subnet) == "10.9.0.4/30"

@@ -172,3 +172,12 @@ def test_healthz_metrics_and_healthcheck_servers() -> None:
     finally:
         server.close()
         hc.close()
+
+
+def test_no_sync_before_the_first_snapshot() -> None:
+    src, fake, d, clock, _ = make(full_sync_period=60)
+    clock.now += 100
+    assert not d.step()  # e.g. the API source has not finished listing: keep whatever rules are there
+    assert fake.state is None
+    src.push(state((WEB, endpoints(WEB, "10.244.1.2"))))
+    assert d.step()

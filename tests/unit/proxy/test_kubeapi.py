@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from cnipy.proxy.kubeapi import ENDPOINT_SLICES, SERVICES, KubeConfig, KubeSource, load_kubeconfig
+from cnipy.proxy.kubeapi import ENDPOINT_SLICES_PATH as ENDPOINT_SLICES
+from cnipy.proxy.kubeapi import SERVICES_PATH as SERVICES
+from cnipy.proxy.kubeapi import KubeConfig, KubeSource, load_kubeconfig
 from cnipy.proxy.model import ServiceKey
 
 
@@ -148,7 +150,7 @@ def test_list_watch_bookmark_and_relist_on_410(api: tuple[Script, ThreadingHTTPS
     try:
         # the second services watch resumes from the bookmark's version, gets 410 and lists again
         wait_for(lambda: src.watchers[0].lists >= 2)
-        wait_for(lambda: ServiceKey("default", "c") in src.services or ("default", "c") in src.services)
+        wait_for(lambda: ("default", "c") in src.store.objects["services"])
         got = src.poll()
         assert got is not None
         st, problems = got
@@ -174,13 +176,13 @@ def test_bad_object_is_reported_with_api_path_and_field(api: tuple[Script, Threa
     src = KubeSource(KubeConfig(f"http://127.0.0.1:{server.server_address[1]}", token="t0ken"),
                      min_backoff=0.05, max_backoff=0.2, watch_timeout=1)
     try:
-        wait_for(lambda: src.listed == {"svc", "eps"})
+        wait_for(lambda: src.store.listed == {"services", "endpointslices"})
         got = src.poll()
         assert got is not None
         st, problems = got
         assert list(st.services) == [ServiceKey("default", "a")]
         (p,) = problems
-        assert p.file == "api:/api/v1/services/default/bad" and p.field == "spec.ports[0].port"
+        assert p.file == "api:/services/default/bad" and p.field == "spec.ports[0].port"
     finally:
         src.stop()
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cnipy.proxy.errors import SelectorError
 from cnipy.proxy.labels import Selector, from_label_selector, validate_key, validate_value
@@ -61,3 +63,42 @@ def test_label_selector_object() -> None:
     assert not sel.matches({"app": "web", "tier": "fe", "canary": "y"})
     with pytest.raises(SelectorError):
         from_label_selector({"matchExpressions": [{"key": "x", "operator": "Near"}]})
+
+
+# Property: a selector written as text means exactly what its requirements say.
+
+_names = st.from_regex(r"\A[a-z0-9]([a-z0-9._-]{0,10}[a-z0-9])?\Z")
+_labels = st.dictionaries(st.sampled_from(["app", "tier", "env", "x.io/team"]), _names, max_size=4)
+
+
+@st.composite
+def _requirement(draw: st.DrawFn) -> tuple[str, object]:
+    key = draw(st.sampled_from(["app", "tier", "env", "x.io/team"]))
+    op = draw(st.sampled_from(["=", "!=", "in", "notin", "exists", "!"]))
+    values = draw(st.lists(_names, min_size=1, max_size=3))
+
+    def holds(labels: dict[str, str]) -> bool:
+        match op:
+            case "=":
+                return labels.get(key) == values[0]
+            case "!=":
+                return labels.get(key) != values[0]
+            case "in":
+                return labels.get(key) in values
+            case "notin":
+                return labels.get(key) not in values
+            case "exists":
+                return key in labels
+            case _:
+                return key not in labels
+
+    text = {"=": f"{key}={values[0]}", "!=": f"{key}!={values[0]}", "in": f"{key} in ({','.join(values)})",
+            "notin": f"{key} notin ({','.join(values)})", "exists": key, "!": f"!{key}"}[op]
+    return text, holds
+
+
+@given(st.lists(_requirement(), max_size=4), _labels)
+def test_selector_text_means_its_requirements(reqs: list[tuple[str, object]], labels: dict[str, str]) -> None:
+    text = ",".join(t for t, _ in reqs)
+    expected = all(h(labels) for _, h in reqs)  # type: ignore[operator]
+    assert Selector.parse(text).matches(labels) is expected
