@@ -176,9 +176,9 @@ def burst(p: Path_, pods: int, parallel: int, round_no: int) -> tuple[float, flo
 
 
 @contextlib.contextmanager
-def daemon(socket_path: Path, processes: int | None) -> Iterator[None]:
+def daemon(socket_path: Path, processes: int | None, calls: int | None) -> Iterator[None]:
     log = open(socket_path.parent.parent / "daemon.log", "wb")  # noqa: SIM115 - closed below
-    extra = ["--processes", str(processes)] if processes else []
+    extra = (["--processes", str(processes)] if processes else []) + (["--calls", str(calls)] if calls else [])
     proc = subprocess.Popen([str(PYTHON), "-m", "cnipy.cni.daemon", "--socket", str(socket_path), *extra], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -261,7 +261,7 @@ def inside(args: argparse.Namespace) -> int:
     load_before = os.getloadavg()[0]
     try:
         paths = make_paths(args.plugin, socket_path, work / "data", args.masq, wanted)
-        with daemon(socket_path, args.daemon_processes):
+        with daemon(socket_path, args.daemon_processes, args.daemon_calls):
             if args.runs:
                 latency(paths, args.runs, warmup=2)
             bursts: Bursts = {}
@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--masq", action="store_true", help="bridge with ipMasq (iptables rules per pod)")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"subset of {','.join(PATHS)}")
     parser.add_argument("--daemon-processes", type=int, help="the daemon's --processes (default: its own)")
+    parser.add_argument("--daemon-calls", type=int, help="the daemon's --calls (default: its own)")
     parser.add_argument("--out", type=Path, help="write the JSON results here (default: bench/results/)")
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -129,7 +129,8 @@ def down(name: str, state_root: Path, no_detach: bool) -> None:
 @lab.command()
 @name_option
 @click.option("--keep", is_flag=True, help="Leave the lab up to explore; print how to look around and remove it.")
-@click.option("--backend", default=backends.DEFAULT_BACKEND, show_default=True, help="Cross-node back end.")
+@click.option("--backend", default=backends.DEMO_BACKEND, show_default=True,
+              help=f"Cross-node back end: {', '.join(sorted(backends.BACKENDS))}.")
 @click.option("--plugins", type=click.Choice(sorted(PLUGIN_SETS)), default="cnipy", show_default=True,
               help="CNI plugins to attach pods with.")
 @click.option("--segments", type=click.IntRange(1, 2), default=1, show_default=True,

@@ -12,8 +12,12 @@ CPU, at most 4) after warming up; they share the listening socket and the warmed
 bytes go out when a call starts: the front uses them to tell "never ran" (safe to run in Python) from "may have
 run" when the daemon dies mid-call.
 
-Errors never vanish: a malformed request gets a CNI error reply, a call over the concurrency limit gets code 11
-(try again later), and a client that stalls or disconnects only loses its own connection.
+A process takes a connection only when it has a free call slot (--calls, default 4), so calls wait in the
+socket's backlog for a free process rather than behind busy threads: several threads of one process contend for
+its GIL, and a thread holding a lock (host-local's flock) while it waits for the GIL stalls all the others.
+
+Errors never vanish: a malformed request gets a CNI error reply, and a client that stalls or disconnects only
+loses its own connection; the front bounds every wait (CNIPY_FRONT_TIMEOUT) and reports code 11 when it ends.
 
     cnipy cni-daemon [--socket /run/cnipy/cni.sock] [--processes N] [--exit-on-code-change] [-v]
     (also: python -m cnipy.cni.daemon; contrib/cnipy-cni-daemon.service runs it under systemd)
@@ -42,14 +46,13 @@ from typing import Any
 
 from cnipy.cni import skel, wire
 from cnipy.cni import version as V
-from cnipy.cni.errors import CniError, InternalError, InvalidConfig, TryAgainLater
+from cnipy.cni.errors import CniError, InternalError, InvalidConfig
 
 DEFAULT_SOCKET = "/run/cnipy/cni.sock"
 SOCKET_ENV = "CNIPY_CNI_SOCKET"
 RECV_TIMEOUT = 30.0       # a client must deliver its whole request within this many seconds
 SEND_TIMEOUT = 30.0       # and read our reply within this many
-MAX_CONCURRENT = 64       # calls running at once; more wait up to QUEUE_WAIT, then get code 11
-QUEUE_WAIT = 30.0
+MAX_CONCURRENT = 4        # calls one process runs at once; further connections wait for a free process
 SHUTDOWN_GRACE = 30.0     # on SIGTERM, how long in-flight calls may take to finish
 
 log = logging.getLogger("cnipy.cni.daemon")
@@ -120,11 +123,10 @@ class Daemon:
 
     def __init__(self, socket_path: str = DEFAULT_SOCKET, *, resolve: Resolver = default_resolver,
                  max_concurrent: int = MAX_CONCURRENT, recv_timeout: float = RECV_TIMEOUT,
-                 queue_wait: float = QUEUE_WAIT, base_env: Mapping[str, str] | None = None) -> None:
+                 base_env: Mapping[str, str] | None = None) -> None:
         self.socket_path = os.path.abspath(socket_path)
         self.resolve = resolve
         self.recv_timeout = recv_timeout
-        self.queue_wait = queue_wait
         self.max_concurrent = max_concurrent
         self._slots = threading.BoundedSemaphore(max_concurrent)
         # The daemon's own environment minus the CNI variables; each call adds the caller's.
@@ -231,23 +233,34 @@ class Daemon:
             sel.register(listener, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
             while not self._stopping.is_set():
-                for key, _ in sel.select():
-                    if key.fileobj is listener and not self._stopping.is_set():
-                        self._accept(listener)
+                # Accept only with a free slot: while this process is full, connections wait in the socket's
+                # backlog for a process that has one, instead of queueing behind busy threads here.
+                if not self._slots.acquire(timeout=0.5):
+                    continue
+                accepted = False
+                try:
+                    for key, _ in sel.select():
+                        if key.fileobj is listener and not self._stopping.is_set():
+                            accepted = accepted or self._accept(listener)
+                finally:
+                    if not accepted:
+                        self._slots.release()
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _accept(self, listener: socket.socket) -> bool:
+        """Accept one connection and hand it, with the slot the caller holds, to a new thread."""
         try:
             conn, _ = listener.accept()
         except BlockingIOError:
-            return  # another worker process took it
+            return False  # another worker process took it
         except OSError as exc:  # EMFILE and friends: keep serving, the client sees a reset
             log.error("accept failed: %s", exc)
             time.sleep(0.01)
-            return
+            return False
         t = threading.Thread(target=self._handle, args=(conn,), name="cni-call", daemon=True)
         with self._workers_lock:
             self._workers.add(t)
         t.start()
+        return True
 
     def _handle(self, conn: socket.socket) -> None:
         try:
@@ -263,6 +276,7 @@ class Daemon:
         except Exception:
             log.exception("bug while serving a call")
         finally:
+            self._slots.release()
             with self._workers_lock:
                 self._workers.discard(threading.current_thread())
 
@@ -287,21 +301,14 @@ class Daemon:
         except TimeoutError:
             log.warning("client sent no complete request within %.0f s", self.recv_timeout)
             return None
-        if not self._slots.acquire(timeout=self.queue_wait):
-            conn.sendall(wire.MAGIC)
-            return _error_outcome(TryAgainLater("cnipy daemon is busy",
-                                                f"more than {self.max_concurrent} calls at once"), request.stdin)
-        try:
-            conn.sendall(wire.MAGIC)  # from here on the call may change state
-            started, cpu = time.perf_counter(), time.thread_time()
-            reply = self.call(request)
-            with self._workers_lock:
-                self.calls += 1
-            log.debug("%s %s -> %d in %.1f ms (%.1f ms CPU)", request.plugin, request.env.get("CNI_COMMAND", ""),
-                      reply.exit_code, (time.perf_counter() - started) * 1e3, (time.thread_time() - cpu) * 1e3)
-            return reply
-        finally:
-            self._slots.release()
+        conn.sendall(wire.MAGIC)  # from here on the call may change state
+        started, cpu = time.perf_counter(), time.thread_time()
+        reply = self.call(request)
+        with self._workers_lock:
+            self.calls += 1
+        log.debug("%s %s -> %d in %.1f ms (%.1f ms CPU)", request.plugin, request.env.get("CNI_COMMAND", ""),
+                  reply.exit_code, (time.perf_counter() - started) * 1e3, (time.thread_time() - cpu) * 1e3)
+        return reply
 
     def call(self, request: wire.CallRequest) -> wire.CallReply:
         """Run one call in this thread, exactly as the plugin executable would."""
@@ -400,12 +407,12 @@ def default_processes() -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
-def serve(socket_path: str = DEFAULT_SOCKET, *, resolve: Resolver = default_resolver,
-          processes: int = 1, exit_on_code_change: bool = False) -> None:
+def serve(socket_path: str = DEFAULT_SOCKET, *, resolve: Resolver = default_resolver, processes: int = 1,
+          calls: int = MAX_CONCURRENT, exit_on_code_change: bool = False) -> None:
     """Warm up, listen on `socket_path` with `processes` processes, serve until SIGTERM or SIGINT (or, with
     `exit_on_code_change`, until cnipy's code changes on disk), then remove the socket. Call from the main
     thread (it installs signal handlers)."""
-    daemon = Daemon(socket_path, resolve=resolve)
+    daemon = Daemon(socket_path, resolve=resolve, max_concurrent=calls)
     loaded = warm(resolve)
     # What is loaded now lives as long as the daemon: keep it out of the cyclic GC's scans (~7% of a bridge ADD's
     # CPU, measured) and let forked workers share its pages. Calls allocate many short-lived netlink objects.
@@ -464,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"unix socket to listen on (default: ${SOCKET_ENV} or {DEFAULT_SOCKET})")
     parser.add_argument("--processes", type=int, default=default_processes(),
                         help="processes serving calls (default: CPUs, at most 4)")
+    parser.add_argument("--calls", type=int, default=MAX_CONCURRENT,
+                        help=f"calls one process runs at once (default {MAX_CONCURRENT})")
     parser.add_argument("--exit-on-code-change", action="store_true",
                         help="exit when cnipy's code changes on disk (for a service manager that restarts it)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every call")
@@ -471,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="cnipy-cni-daemon[%(process)d]: %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        serve(args.socket, processes=max(1, args.processes), exit_on_code_change=args.exit_on_code_change)
+        serve(args.socket, processes=max(1, args.processes), calls=max(1, args.calls),
+              exit_on_code_change=args.exit_on_code_change)
     except DaemonError as exc:
         log.error("%s", exc)
         return 1

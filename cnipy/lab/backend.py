@@ -56,7 +56,10 @@ BACKENDS: dict[str, str] = {
     "static": "cnipy.lab.static:StaticBackend",
     "vxlan": "cnipy.overlay.lab:VxlanBackend",
     "host-gw": "cnipy.overlay.lab:HostGwBackend",
+    "vxlan-dr": "cnipy.overlay.lab:VxlanDirectBackend",
 }
+# The demo shows the overlay: an agent per node, leases in etcd, VXLAN between nodes.
+DEMO_BACKEND = "vxlan"
 DEFAULT_BACKEND = "static"
 CNI_VERSION = "1.0.0"
 NETWORK_NAME = "cnipy-lab"

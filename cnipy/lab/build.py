@@ -62,6 +62,9 @@ def _up(lab: Lab, backend: backends.Backend, progress: Progress) -> Lab:
 
     progress.step(f"creating {len(lab.all_netns())} network namespaces")
     sh.ip_batch(None, [f"netns add {ns}" for ns in lab.all_netns()])
+    daemons = spec.uses_cni_daemon and bool(lab.pods)
+    if daemons:  # they warm up (imports) while the rest is built; attaching waits for them
+        spawn_cni_daemons(lab)
     progress.step(f"wiring the underlay ({len(lab.segments)} segment{'s' if len(lab.segments) > 1 else ''})")
     sh.ip_batch(None, _veth_lines(lab))
     for seg in lab.segments:
@@ -78,9 +81,6 @@ def _up(lab: Lab, backend: backends.Backend, progress: Progress) -> Lab:
     if lab.router is not None:
         apply_sysctls(lab.router.netns, [("net.ipv4.ip_forward", "1")])
     private_dir(lab.backend_dir)
-    if spec.uses_cni_daemon and lab.pods:
-        progress.step(f"starting {len(lab.nodes)} CNI node daemons")
-        start_cni_daemons(lab)
 
     progress.step(f"starting the {spec.backend} back end")
     backend.prepare(lab)
@@ -89,6 +89,9 @@ def _up(lab: Lab, backend: backends.Backend, progress: Progress) -> Lab:
         conflists[node.name] = backend.node_network_config(lab, node)
         write_json(node.cni_conf_dir / backends.CONFLIST_NAME, conflists[node.name])
 
+    if daemons:
+        progress.step(f"waiting for {len(lab.nodes)} CNI node daemons")
+        wait_for_cni_daemons(lab)
     progress.step(f"attaching {len(lab.pods)} pods with CNI ({lab.plugins.bridge})")
     _attach_all(lab, conflists, progress)
     write_state(lab, "up", seconds=time.monotonic() - started)
@@ -116,15 +119,16 @@ def _attach_all(lab: Lab, conflists: dict[str, dict[str, Any]], progress: Progre
             future.result()
 
 
-def start_cni_daemons(lab: Lab) -> None:
-    """One cnipy CNI daemon per node, inside the node (it does the host side of a call in its own namespace).
-    Waits until every socket is up; a daemon that is not up only makes calls slower (the front runs Python)."""
+def spawn_cni_daemons(lab: Lab) -> None:
+    """One cnipy CNI daemon per node, inside the node (it does the host side of a call in its own namespace)."""
     for node in lab.nodes:
-        if len(str(node.cni_socket)) > MAX_SOCKET_PATH:
-            raise LabError(f"{node.cni_socket} is too long for a unix socket: use a shorter --state-root")
         private_dir(node.cni_socket.parent)
         procs.spawn(lab, node.netns, f"cni-daemon-{node.name}", [
             sys.executable, "-m", "cnipy.cni.daemon", "--socket", str(node.cni_socket), "--processes", "1"])
+
+
+def wait_for_cni_daemons(lab: Lab) -> None:
+    """Until every daemon's socket is up; one that is not only makes calls slower (the front runs Python)."""
     deadline = time.monotonic() + DAEMON_START_TIMEOUT
     while time.monotonic() < deadline and not all(n.cni_socket.exists() for n in lab.nodes):
         time.sleep(0.05)
@@ -133,6 +137,8 @@ def start_cni_daemons(lab: Lab) -> None:
 def _check_plugins(lab: Lab) -> None:
     if lab.spec.pods_per_node == 0:
         return
+    if lab.spec.uses_cni_daemon and any(len(str(n.cni_socket)) > MAX_SOCKET_PATH for n in lab.nodes):
+        raise LabError(f"{lab.nodes[-1].cni_socket} is too long for a unix socket: use a shorter --state-root")
     p = lab.plugins
     missing = [t for t in (p.bridge, p.host_local, p.loopback) if not (p.directory / t).is_file()]
     if missing:

@@ -18,7 +18,7 @@ from typing import Any
 from cnipy.lab import sh
 from cnipy.lab.errors import PluginFailed
 from cnipy.lab.files import read_json, write_json
-from cnipy.lab.model import Lab, Node, Pod
+from cnipy.lab.model import REPO_ROOT, Lab, Node, Pod
 
 PLUGIN_TIMEOUT = 60.0
 
@@ -103,13 +103,15 @@ def _plugin_conf(conflist: dict[str, Any], plugin: dict[str, Any], prev: dict[st
 
 def _exec(lab: Lab, node: Node, pod: Pod, command: str, conf: dict[str, Any]) -> dict[str, Any] | None:
     plugin_type = str(conf["type"])
-    executable = lab.plugins.directory / plugin_type
+    # A back end may use a cnipy plugin (cnipy-overlay) beside a reference plugin set: look in both places.
+    search = [lab.plugins.directory, REPO_ROOT / "plugins"]
+    executable = next((d / plugin_type for d in search if (d / plugin_type).is_file()), search[0] / plugin_type)
     env = {
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": pod.container_id,
         "CNI_NETNS": f"{sh.NETNS_DIR}/{pod.netns}",
         "CNI_IFNAME": pod.ifname,
-        "CNI_PATH": str(lab.plugins.directory),
+        "CNI_PATH": ":".join(str(d) for d in search),
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         # cnipy's plugin front forwards calls to this node's daemon, or runs the plugin itself when it is not up;
         # never to a daemon of the host or another node (a daemon does the host side in its own namespace).

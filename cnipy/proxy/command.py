@@ -64,12 +64,16 @@ def _route_localnet() -> None:
               "(default: every local address).")
 @click.option("--localhost-nodeports", is_flag=True, help="Serve NodePorts on 127.0.0.1 too (sets "
               "route_localnet and adds the CVE-2020-8558 protection).")
-@click.option("--iptables-backend", type=click.Choice(["nft", "legacy"]), default="nft", show_default=True)
-@click.option("--min-sync-period", type=float, default=1.0, show_default=True)
-@click.option("--full-sync-period", type=float, default=3600.0, show_default=True)
+@click.option("--iptables-backend", type=click.Choice(["nft", "legacy"]), default="nft", show_default=True,
+              help="With --mode iptables: iptables-nft or iptables-legacy.")
+@click.option("--min-sync-period", type=float, default=1.0, show_default=True,
+              help="Seconds between syncs at least; changes arriving meanwhile are applied together.")
+@click.option("--full-sync-period", type=float, default=3600.0, show_default=True,
+              help="Seconds between full resyncs (rewrite everything we own, atomically).")
 @click.option("--repair-period", type=float, default=10.0, show_default=True,
               help="How often to check that our rules are still there.")
-@click.option("--retry-period", type=float, default=5.0, show_default=True)
+@click.option("--retry-period", type=float, default=5.0, show_default=True,
+              help="Seconds before retrying a failed apply (the previous rules stay in force meanwhile).")
 @click.option("--poll-period", type=float, default=0.2, show_default=True, help="How often to look for changes.")
 @click.option("--healthz-address", default="0.0.0.0:10256", show_default=True, help="/healthz (and /metrics).")
 @click.option("--metrics-address", default="127.0.0.1:10249", show_default=True, help="/metrics (and /healthz).")
@@ -77,7 +81,12 @@ def _route_localnet() -> None:
 @click.option("--cleanup", is_flag=True, help="Remove everything this proxy installed and exit.")
 @click.option("-v", "--verbose", is_flag=True)
 def proxy_command(**opts: Any) -> None:
-    """The service proxy: Services -> nftables or iptables rules, kept in step with the manifests or API."""
+    """The service proxy: Services -> nftables or iptables rules, kept in step with the manifests or API.
+
+    \b
+    Example:
+        cnipy proxy --mode nftables --manifests /etc/cnipy/services --node-name n1 --cluster-cidr 10.244.0.0/16
+    """
     logging.basicConfig(level=logging.DEBUG if opts["verbose"] else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = NodeConfig(

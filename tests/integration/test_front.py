@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from cnipy.cni import build_front
+from cnipy.cni import build_front, wire
 from cnipy.cni.invoke import own_plugin_name
 from tests.conftest import need
 from tests.support import netns as N
@@ -48,7 +50,7 @@ def slow(verb):
     return call
 fake = SimpleNamespace(ABOUT=real.ABOUT, cmd_add=slow(real.cmd_add), cmd_del=slow(real.cmd_del),
                        cmd_check=real.cmd_check)
-d = Daemon(sys.argv[2], resolve=lambda name: fake, max_concurrent=int(sys.argv[4]), queue_wait=60)
+d = Daemon(sys.argv[2], resolve=lambda name: fake, max_concurrent=int(sys.argv[4]))
 d.bind()
 d.serve_forever()
 """
@@ -366,21 +368,38 @@ def test_worker_processes_stop_with_the_daemon(fronts: Path, tmp_path: Path) -> 
             proc.wait()
 
 
+# Runs as nobody with the system Python and nothing of the checkout: it only sends the frame it is given.
 CLIENT_AS_NOBODY = r"""
-import json, sys
-sys.path.insert(0, sys.argv[1])
-from cnipy.cni import wire
-reply = wire.call(sys.argv[2], wire.CallRequest("cnipy-loopback", {"CNI_COMMAND": "VERSION"}, b""))
-print(json.dumps({"code": reply.exit_code, "stdout": reply.stdout.decode()}))
+import socket, sys
+with socket.socket(socket.AF_UNIX) as s:
+    s.settimeout(10)
+    s.connect(sys.argv[1])
+    s.sendall(bytes.fromhex(sys.argv[2]))
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+print(out.hex())
 """
 
 
-def test_other_users_are_refused_even_if_they_reach_the_socket(daemon: Path) -> None:
+def test_other_users_are_refused_even_if_they_reach_the_socket() -> None:
     # The socket is 0600 in a 0700 directory; open both up to prove the daemon's own check (SO_PEERCRED).
-    os.chmod(daemon.parent, 0o711)
-    os.chmod(daemon, 0o666)
-    proc = subprocess.run([str(PYTHON), "-I", "-c", CLIENT_AS_NOBODY, str(ROOT), str(daemon)], user=65534,
-                          capture_output=True, text=True, timeout=30, check=False)
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout)
-    assert got["code"] == 1 and json.loads(got["stdout"])["code"] == 4
+    work = Path(tempfile.mkdtemp(prefix="cnf"))
+    sock = work / "run" / "cni.sock"
+    proc = subprocess.Popen([str(PYTHON), "-m", "cnipy.cni.daemon", "--socket", str(sock), "--processes", "1"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_socket(sock, proc)
+        for d in (work, sock.parent):
+            os.chmod(d, 0o711)
+        os.chmod(sock, 0o666)
+        frame = wire.encode_request(wire.CallRequest("cnipy-loopback", {"CNI_COMMAND": "VERSION"}, b""))
+        client = subprocess.run(["/usr/bin/python3", "-I", "-c", CLIENT_AS_NOBODY, str(sock), frame.hex()],
+                                user=65534, capture_output=True, text=True, timeout=30, check=False)
+        assert client.returncode == 0, client.stderr
+        out = bytes.fromhex(client.stdout.strip())
+        reply = wire.decode_reply(out[wire.HEADER.size:])
+        assert reply.exit_code == 1 and json.loads(reply.stdout)["code"] == 4
+    finally:
+        stop(proc)
+        shutil.rmtree(work, ignore_errors=True)

@@ -16,11 +16,13 @@ from cnipy.proxy.nftables.render import (
     dispatch_rules,
 )
 from cnipy.proxy.nftables.runner import NftInterface
-from cnipy.proxy.nftables.transaction import Chain, Elements, Object, Rule, Table, Transaction, Verb
+from cnipy.proxy.nftables.transaction import Chain, Element, Elements, Object, Rule, Table, Transaction, Verb
 from cnipy.proxy.plan import NodeConfig, PortPlan, ServicePlans
 from cnipy.proxy.sync import SyncResult
 
 CANARY_CHAIN = "nat-prerouting"
+# A sentinel no packet matches (port 0): if it is gone, someone flushed our maps; "continue" does nothing.
+CANARY_ELEMENT = ("service-ips", "0.0.0.0 . tcp . 0", "continue")
 _BATCH = 256  # services per streamed batch of elements
 
 
@@ -68,12 +70,13 @@ class NftablesProxier:
         for chain, rules in chains.values():
             for r in rules:
                 tx.add(Rule(chain.name, r))
+        tx.add(Element(*CANARY_ELEMENT))
         built = _FullBuild()
         tx.stream(self._full_ops(plans, built))  # produced while nft parses what came before
         self.nft.run(tx)
         self.owned, self.hairpin, self.chain_refs, self.synced = built.owned, built.hairpin, built.chain_refs, True
         self.rendered = {key: ports for key, ports in plans.items() if ports}
-        self.elements = built.elements
+        self.elements = built.elements + 1  # and the canary
         return SyncResult(full=True, operations=len(tx), rules=self.rule_count(), elements=self.elements)
 
     def _full_ops(self, plans: ServicePlans, built: _FullBuild) -> Iterator[tuple[Verb, Object]]:
@@ -162,7 +165,9 @@ class NftablesProxier:
         if not self.synced:
             return False
         rules = self.nft.list_rules(CANARY_CHAIN)
-        return not rules or not any("jump services" in r for r in rules)
+        if not rules or not any("jump services" in r for r in rules):
+            return True
+        return not self.nft.has_element(CANARY_ELEMENT[0], CANARY_ELEMENT[1])
 
     def cleanup(self) -> None:
         tx = self._tx()

@@ -25,6 +25,9 @@ class NftInterface(Protocol):
     def list_rules(self, chain: str) -> list[str] | None:
         """The rules of one chain of our table, or None when the chain (or table) does not exist."""
 
+    def has_element(self, set_name: str, key: str) -> bool:
+        """Is this key in the set or map (False also when the set or table is missing)?"""
+
 
 class Nft:
     """The real thing. ``prefix`` runs nft elsewhere, e.g. ``("ip", "netns", "exec", "ns1")``."""
@@ -87,6 +90,11 @@ class Nft:
         if proc.returncode != 0:
             raise ApplyError(f"nft -f failed (rc={proc.returncode}): {proc.stderr.strip()[:2000]}")
 
+    def has_element(self, set_name: str, key: str) -> bool:
+        proc = subprocess.run([*self.prefix, self.binary, "get", "element", self.family, self.table, set_name,
+                               f"{{ {key} }}"], text=True, capture_output=True, timeout=self.timeout)
+        return proc.returncode == 0
+
     def list_rules(self, chain: str) -> list[str] | None:
         proc = subprocess.run([*self.prefix, self.binary, "list", "chain", self.family, self.table, chain],
                               text=True, capture_output=True, timeout=self.timeout)
@@ -140,6 +148,9 @@ class FakeNft:
             work = self._apply(work, verb, obj)
         self.state = work
         self.transactions += 1
+
+    def has_element(self, set_name: str, key: str) -> bool:
+        return self.state is not None and key in self.state.sets.get(set_name, _Set(Set(set_name, ""))).elements
 
     def list_rules(self, chain: str) -> list[str] | None:
         if self.state is None or chain not in self.state.chains:

@@ -154,3 +154,43 @@ def test_bad_manifest_does_not_stop_other_services(mode: str, daemon: Callable[.
     proc.terminate()
     _, err = proc.communicate(timeout=10)
     assert "bad.yaml" in err and "spec.ports[0].port" in err
+
+
+LB = """
+kind: Service
+metadata: {{name: lb, namespace: default}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.12
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  ports: [{{name: p, port: 80, targetPort: 8080, nodePort: 30081}}]
+---
+kind: EndpointSlice
+metadata: {{name: lb-1, namespace: default, labels: {{kubernetes.io/service-name: lb}}}}
+addressType: IPv4
+ports: [{{name: p, port: 8080}}]
+endpoints:
+- {{addresses: ["{ip}"], nodeName: {node}}}
+"""
+
+
+def test_health_check_node_port(mode: str, daemon: Callable[..., object], tmp_path: Path,
+                                topo_factory: Callable[..., Topology]) -> None:
+    topo = topo_factory(1)
+    m = tmp_path / "m" / "lb.yaml"
+    write(m, LB.format(ip=topo.endpoint_ips[0], node="node1"))
+    daemon(topo, mode)
+    get = ("import json, urllib.request as u, urllib.error as e\n"
+           "try:\n    r = u.urlopen('http://192.168.100.1:32000/', timeout=2); print(r.status, r.read().decode())\n"
+           "except e.HTTPError as x:\n    print(x.code, x.read().decode())\n"
+           "except OSError as x:\n    print(0, '{}')\n")
+
+    def health() -> tuple[int, dict[str, object]]:
+        code, body = topo.client.run(sys.executable, "-c", get).stdout.split(" ", 1)
+        return int(code), json.loads(body)
+
+    assert wait_until(lambda: health()[0] == 200)
+    assert health()[1]["localEndpoints"] == 1
+    write(m, LB.format(ip=topo.endpoint_ips[0], node="node2"))  # the endpoint is elsewhere now
+    assert wait_until(lambda: health()[0] == 503)

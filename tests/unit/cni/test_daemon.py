@@ -83,7 +83,7 @@ def start(sock: Path, fakes: Fakes, **kw: Any) -> tuple[Daemon, threading.Thread
 @pytest.fixture
 def served(tmp_path: Path, fakes: Fakes) -> Iterator[tuple[str, Daemon]]:
     sock = tmp_path / "run" / "cni.sock"
-    d, t = start(sock, fakes, recv_timeout=0.5, queue_wait=0.3, max_concurrent=16)
+    d, t = start(sock, fakes, recv_timeout=0.5, max_concurrent=16)
     yield str(sock), d
     fakes.release.set()
     d.stop()
@@ -194,15 +194,28 @@ def test_calls_run_in_parallel(served: tuple[str, Daemon]) -> None:
     assert [r.exit_code for r in replies] == [0] * 8
 
 
-def test_over_the_limit_is_try_again_later(tmp_path: Path, fakes: Fakes) -> None:
-    d, t = start(tmp_path / "cni.sock", fakes, max_concurrent=1, queue_wait=0.2)
+def test_a_full_process_leaves_connections_waiting(tmp_path: Path, fakes: Fakes) -> None:
+    d, t = start(tmp_path / "cni.sock", fakes, max_concurrent=1)
     try:
-        first = threading.Thread(target=call, args=(str(tmp_path / "cni.sock"), "blocked"))
+        results: list[wire.CallReply] = []
+        first = threading.Thread(target=lambda: results.append(call(str(tmp_path / "cni.sock"), "blocked")))
         first.start()
         time.sleep(0.2)
-        assert error_of(call(str(tmp_path / "cni.sock"), "record"))["code"] == 11
-        fakes.release.set()
-        first.join(10)
+        with socket.socket(socket.AF_UNIX) as waiting:  # connects (backlog) but is not taken while full
+            waiting.settimeout(5)
+            waiting.connect(str(tmp_path / "cni.sock"))
+            waiting.sendall(wire.encode_request(wire.CallRequest("record", ENV, CONF)))
+            waiting.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                waiting.recv(1)
+            fakes.release.set()
+            first.join(10)
+            waiting.settimeout(5)
+            out = b""
+            while chunk := waiting.recv(65536):
+                out += chunk
+        assert wire.decode_reply(out[8:]).exit_code == 0
+        assert [r.exit_code for r in results] == [0]
     finally:
         fakes.release.set()
         d.stop()

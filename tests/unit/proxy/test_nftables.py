@@ -202,3 +202,9 @@ def test_repair_detects_flushed_table() -> None:
     tx.delete(Table())
     fake.run(tx)
     assert proxier.needs_repair()
+    proxier.sync(build_plans(state((s, endpoints(s, "10.244.1.2"))), config()), None)
+    assert not proxier.needs_repair()
+    tx = Transaction("ip", "cnipy")
+    tx.flush(Set("service-ips", "type ipv4_addr . inet_proto . inet_service : verdict", is_map=True))
+    fake.run(tx)
+    assert proxier.needs_repair()  # the chains are intact, the maps were emptied
