@@ -104,8 +104,10 @@ def _plugin_conf(conflist: dict[str, Any], plugin: dict[str, Any], prev: dict[st
 def _exec(lab: Lab, node: Node, pod: Pod, command: str, conf: dict[str, Any]) -> dict[str, Any] | None:
     plugin_type = str(conf["type"])
     # A back end may use a cnipy plugin (cnipy-overlay) beside a reference plugin set: look in both places.
-    search = [lab.plugins.directory, REPO_ROOT / "plugins"]
-    executable = next((d / plugin_type for d in search if (d / plugin_type).is_file()), search[0] / plugin_type)
+    search = [lab.plugins.directory]
+    if not (lab.plugins.directory / plugin_type).is_file() and (REPO_ROOT / "plugins" / plugin_type).is_file():
+        search.append(REPO_ROOT / "plugins")
+    executable = search[-1] / plugin_type
     env = {
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": pod.container_id,
