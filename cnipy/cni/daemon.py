@@ -419,8 +419,6 @@ def serve(socket_path: str = DEFAULT_SOCKET, *, resolve: Resolver = default_reso
     gc.collect()
     gc.freeze()
     gc.set_threshold(20000, 50, 100)
-    if os.environ.get("CNF_SWITCH"):
-        sys.setswitchinterval(float(os.environ["CNF_SWITCH"]))
     daemon.bind()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

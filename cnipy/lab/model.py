@@ -23,6 +23,9 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 CLUSTER_CIDR = IPv4Network("10.244.0.0/16")
 MAX_NODES = 200
 MAX_PODS_PER_NODE = 50
+PROBE_PORT = 18080  # `lab check` listens here in every pod; the lab's Services target it
+# How Services are provided: `cnipy proxy` in one of its modes on every node, or not at all.
+SERVICE_MODES = ("none", "nftables", "iptables")
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -54,6 +57,7 @@ class LabSpec:
     plugins: str = "cnipy"
     state_root: Path = STATE_ROOT
     cni_daemon: bool = True  # run cnipy's CNI node daemon in every node (cnipy plugins only), as a node would
+    services: str = "none"  # "nftables" / "iptables": demo Services and a `cnipy proxy` in every node
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
@@ -66,11 +70,14 @@ class LabSpec:
             raise LabError("--segments must be 1 (one L2 segment) or 2 (two segments joined by a router)")
         if self.plugins not in PLUGIN_SETS:
             raise LabError(f"--plugins must be one of {', '.join(PLUGIN_SETS)}")
+        if self.services not in SERVICE_MODES:
+            raise LabError(f"--services must be one of {', '.join(SERVICE_MODES)}")
 
     def describe(self) -> str:
         daemon = " (node daemons)" if self.uses_cni_daemon else ""
+        services = f", Services by cnipy proxy ({self.services})" if self.services != "none" else ""
         return (f"{self.nodes} nodes x {self.pods_per_node} pods, {self.segments} segment(s), "
-                f"back end {self.backend}, plugins {self.plugins}{daemon}")
+                f"back end {self.backend}, plugins {self.plugins}{daemon}{services}")
 
     @property
     def uses_cni_daemon(self) -> bool:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from cnipy.lab.connectivity import (
+    CLIENT_LOCAL,
     CLIENT_NODE,
     CLIENT_NODEPORT,
     CROSS_NODE,
     KINDS,
-    NOT_YET,
     POD_CLUSTERIP,
     SAME_NODE,
+    SERVICE_KINDS,
     Matrix,
     Outcome,
 )
@@ -19,14 +22,20 @@ from cnipy.lab.status import LabStatus
 MAX_NODE_COLUMNS = 8
 
 
-def _cell(outcomes: list[Outcome]) -> str:
+def _cell(outcomes: list[Outcome], connections: bool = False) -> str:
+    """Probes passed / run; with `connections`, answered connections / made (Service probes make several)."""
     if not outcomes:
         return "-"
     if all(o.ok is None for o in outcomes):
-        return NOT_YET
-    passed = sum(1 for o in outcomes if o.ok)
-    total = sum(1 for o in outcomes if o.ok is not None)
-    return f"{passed}/{total} ok" if passed == total else f"{passed}/{total} FAIL"
+        return outcomes[0].detail
+    run = [o for o in outcomes if o.ok is not None]
+    if connections:
+        passed, total = sum(len(o.answers) for o in run), sum(o.probe.tries for o in run)
+        bad = any(o.ok is False for o in run)
+    else:
+        passed, total = sum(1 for o in run if o.ok), len(run)
+        bad = passed != total
+    return f"{passed}/{total} FAIL" if bad else f"{passed}/{total} ok"
 
 
 def matrix_table(lab: Lab, matrix: Matrix) -> str:
@@ -41,20 +50,48 @@ def matrix_table(lab: Lab, matrix: Matrix) -> str:
         for dst in shown:
             row.append(_cell([o for o in matrix.outcomes if o.probe.kind in pod_kinds
                               and o.probe.src.node == src and o.probe.dst.node == dst]))
-        row.append(_cell([o for o in matrix.by_kind(POD_CLUSTERIP) if o.probe.src.node == src]))
+        row.append(_cell([o for o in matrix.by_kind(POD_CLUSTERIP) if o.probe.src.node == src], True))
         row.append("-")
         rows.append(row)
     if shown:
         client = ["client (outside)"]
         client += [_cell([o for o in matrix.by_kind(CLIENT_NODE) if o.probe.dst.node == dst]) for dst in shown]
-        client += ["-", _cell(list(matrix.by_kind(CLIENT_NODEPORT)))]
+        client += ["-", _cell(list(matrix.by_kind(CLIENT_NODEPORT)), True)]
         rows.append(client)
     lines = _grid([header, *rows]) if shown else []
     if shown:
-        lines.append("  (a 'pods on' row reaches the pods of the node in the column; the client reaches the node)")
+        lines.append("  (a 'pods on' row reaches the pods of the node in the column; the client reaches the node;")
+        lines.append("   ClusterIP and NodePort count connections, each answered by any endpoint of the Service)")
     lines.append("")
     lines += summary(matrix)
+    spread = service_spread(matrix)
+    if spread:
+        lines += ["", "  Which endpoints answered:", *spread]
     return "\n".join(lines)
+
+
+def service_spread(matrix: Matrix) -> list[str]:
+    """Per source node (ClusterIP) or target node (NodePort): how many connections each endpoint answered."""
+    lines = []
+    for kind in SERVICE_KINDS:
+        outcomes = [o for o in matrix.by_kind(kind) if o.ok is not None]
+        groups: dict[str, list[Outcome]] = {}
+        for o in outcomes:
+            where = f"pods on {o.probe.src.node} -> {o.probe.dst.label}" if kind == POD_CLUSTERIP \
+                else f"client -> {o.probe.dst.label}"
+            groups.setdefault(where, []).append(o)
+        for where, group in groups.items():
+            made = sum(o.probe.tries for o in group)
+            counts = Counter(a for o in group for a in o.answers)
+            shown = "  ".join(f"{label} {n}" for label, n in sorted(counts.items()))
+            if kind == CLIENT_LOCAL:
+                shown = (f"{shown}  (client address kept)" if counts else
+                         "no answer: this node has no local endpoint (expected)")
+            if any(o.ok is False for o in group):
+                shown = f"{shown}  FAIL: {next(o.detail for o in group if o.ok is False)}"
+            policy = " Local" if kind == CLIENT_LOCAL else ""
+            lines.append(f"    {where}{policy} ({sum(counts.values())}/{made}): {shown}")
+    return lines
 
 
 def summary(matrix: Matrix) -> list[str]:
@@ -67,6 +104,10 @@ def summary(matrix: Matrix) -> list[str]:
             note = f"  ({routed} through the router)" if routed else ""
         elif kind == CLIENT_NODE:
             note = "  (client namespace to each node's underlay address)"
+        elif kind == CLIENT_LOCAL and outcomes and outcomes[0].ok is not None:
+            note = "  (externalTrafficPolicy Local: kept client address; no answer from nodes without endpoints)"
+        elif kind == CLIENT_LOCAL:
+            continue
         lines.append(f"  {kind:<26} {_cell(outcomes)}{note}")
     return lines
 

@@ -33,7 +33,8 @@ def spec_from_dict(data: dict[str, Any]) -> LabSpec:
         return LabSpec(name=str(data["name"]), nodes=int(data["nodes"]), pods_per_node=int(data["pods_per_node"]),
                        segments=int(data["segments"]), backend=str(data["backend"]),
                        plugins=str(data["plugins"]), state_root=Path(data["state_root"]),
-                       cni_daemon=bool(data.get("cni_daemon", False)))
+                       cni_daemon=bool(data.get("cni_daemon", False)),
+                       services=str(data.get("services", "none")))
     except (KeyError, TypeError, ValueError) as exc:
         raise LabError(f"lab state is damaged ({exc}); `cnipy lab down` still removes the lab") from exc
 

@@ -253,7 +253,7 @@ def test_daemon_killed_during_del_runs_it_in_python(fronts: Path, slow_daemon: A
 
 
 def test_a_queued_add_runs_in_python_when_the_daemon_dies(fronts: Path, slow_daemon: Any) -> None:
-    # One slot: the second ADD waits in the daemon unacknowledged, so it never ran and is safe to run here.
+    # One slot: the second ADD waits in the socket backlog, unaccepted, so it never ran and is safe to run here.
     sock, proc = slow_daemon(delay=3.0, slots=1)
     with N.namespaces(2, prefix="cnf") as (a, b):
         first = start_front(fronts, sock, "ADD", a.path)

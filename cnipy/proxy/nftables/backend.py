@@ -11,12 +11,23 @@ from cnipy.proxy.model import ServiceKey
 from cnipy.proxy.nftables.render import (
     SETS,
     Contribution,
+    affinity_objects,
     base_chains,
     contribution,
     dispatch_rules,
 )
 from cnipy.proxy.nftables.runner import NftInterface
-from cnipy.proxy.nftables.transaction import Chain, Element, Elements, Object, Rule, Table, Transaction, Verb
+from cnipy.proxy.nftables.transaction import (
+    Chain,
+    Element,
+    Elements,
+    Object,
+    Rule,
+    Set,
+    Table,
+    Transaction,
+    Verb,
+)
 from cnipy.proxy.plan import NodeConfig, PortPlan, ServicePlans
 from cnipy.proxy.sync import SyncResult
 
@@ -33,6 +44,7 @@ class _FullBuild:
     owned: dict[ServiceKey, Contribution] = field(default_factory=dict)
     hairpin: Counter[str] = field(default_factory=Counter)
     chain_refs: Counter[str] = field(default_factory=Counter)
+    aux: dict[str, int] = field(default_factory=dict)
     elements: int = 0
 
 
@@ -45,6 +57,7 @@ class NftablesProxier:
         self.owned: dict[ServiceKey, Contribution] = {}
         self.hairpin: Counter[str] = Counter()
         self.chain_refs: Counter[str] = Counter()
+        self.aux: dict[str, int] = {}  # affinity sets and slot chains in the table -> their rule counts
         self.synced = False
         self.elements = 0
         self.rendered: dict[ServiceKey, tuple[PortPlan, ...]] = {}  # the plans ``owned`` was built from
@@ -75,6 +88,7 @@ class NftablesProxier:
         tx.stream(self._full_ops(plans, built))  # produced while nft parses what came before
         self.nft.run(tx)
         self.owned, self.hairpin, self.chain_refs, self.synced = built.owned, built.hairpin, built.chain_refs, True
+        self.aux = built.aux
         self.rendered = {key: ports for key, ports in plans.items() if ports}
         self.elements = built.elements + 1  # and the canary
         return SyncResult(full=True, operations=len(tx), rules=self.rule_count(), elements=self.elements)
@@ -90,9 +104,7 @@ class NftablesProxier:
                 built.hairpin.update(c.hairpin)
                 for name in c.chains:
                     if name not in built.chain_refs:  # a dispatch chain must exist before elements jump to it
-                        yield Verb.ADD, Chain(name)
-                        for r in dispatch_rules(name, self.config):
-                            yield Verb.ADD, Rule(name, r)
+                        yield from self._add_dispatch(name, built.aux)
                 built.chain_refs.update(c.chains)
                 for set_name, owned_elems in c.elements.items():
                     batch.setdefault(set_name, []).extend(owned_elems.items())
@@ -102,6 +114,24 @@ class NftablesProxier:
         if built.hairpin:
             built.elements += len(built.hairpin)
             yield Verb.ADD, Elements("hairpin", tuple((k, None) for k in built.hairpin))
+
+    def _add_dispatch(self, name: str, aux: dict[str, int]) -> Iterator[tuple[Verb, Object]]:
+        """A dispatch chain, after the affinity sets and slot chains it uses (added once, shared, kept until
+        the next full sync); ``aux`` maps each of those already there to its rule count."""
+        aux_sets, aux_chains = affinity_objects(name)
+        for st in aux_sets:
+            if st.name not in aux:
+                aux[st.name] = 0
+                yield Verb.ADD, st
+        for chain, rules in aux_chains:
+            if chain.name not in aux:
+                aux[chain.name] = len(rules)
+                yield Verb.ADD, chain
+                for r in rules:
+                    yield Verb.ADD, Rule(chain.name, r)
+        yield Verb.ADD, Chain(name)
+        for r in dispatch_rules(name, self.config):
+            yield Verb.ADD, Rule(name, r)
 
     def _partial(self, plans: ServicePlans, changed: AbstractSet[ServiceKey]) -> SyncResult:
         new_owned = {key: contribution(plans.get(key, ())) for key in changed}
@@ -131,16 +161,30 @@ class NftablesProxier:
         new_chains = sorted(c for c, d in chain_delta.items() if d > 0 and self.chain_refs.get(c, 0) <= 0)
         gone_chains = sorted(c for c, d in chain_delta.items() if d < 0 and self.chain_refs.get(c, 0) + d <= 0)
         tx = self._tx()
+        aux = dict(self.aux)
         for name in new_chains:
-            tx.add(Chain(name))
-            for r in dispatch_rules(name, self.config):
-                tx.add(Rule(name, r))
+            for _, obj in self._add_dispatch(name, aux):  # only additions
+                tx.add(obj)
         for set_name, keys in dels.items():
             tx.delete_elements(set_name, keys)
         for set_name, items in adds.items():
             tx.add_elements(set_name, items)
         for name in gone_chains:
             tx.delete(Chain(name))
+        # Affinity sets and slot chains no remaining dispatch chain uses go too: slot chains, then sets.
+        live = {c for c, n in self.chain_refs.items() if n + chain_delta.get(c, 0) > 0}
+        live |= {c for c, d in chain_delta.items() if d > 0}
+        needed = {obj.name for c in live for objs in affinity_objects(c) for obj in
+                  (o if isinstance(o, Set) else o[0] for o in objs)}
+        unused = sorted(set(aux) - needed)
+        unused_sets = [name for name in unused if name.rpartition("-")[2].startswith("aff")]
+        for name in unused:
+            if name not in unused_sets:
+                tx.delete(Chain(name))
+        for name in unused_sets:
+            tx.delete(Set(name, ""))
+        for name in unused:
+            del aux[name]
         if len(tx):
             self.nft.run(tx)
         for key, new in new_owned.items():
@@ -150,6 +194,7 @@ class NftablesProxier:
             else:
                 self.owned.pop(key, None)
                 self.rendered.pop(key, None)
+        self.aux = aux
         _apply_delta(self.hairpin, hairpin_delta)
         _apply_delta(self.chain_refs, chain_delta)
         n_dels, n_adds = sum(map(len, dels.values())), sum(map(len, adds.values()))
@@ -159,7 +204,7 @@ class NftablesProxier:
 
     def rule_count(self) -> int:
         return sum(len(r) for _, r in base_chains(self.config).values()) + sum(
-            len(dispatch_rules(c, self.config)) for c in self.chain_refs)
+            len(dispatch_rules(c, self.config)) for c in self.chain_refs) + sum(self.aux.values())
 
     def needs_repair(self) -> bool:
         if not self.synced:
@@ -175,6 +220,7 @@ class NftablesProxier:
         tx.delete(Table())
         self.nft.run(tx)
         self.owned, self.hairpin, self.chain_refs, self.synced = {}, Counter(), Counter(), False
+        self.aux = {}
         self.rendered = {}
 
 

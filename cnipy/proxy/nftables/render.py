@@ -8,7 +8,7 @@ Packet path (O(1) whatever the number of services):
     dispatch chain "<kind>-<mode>-<n>[-<c>][-a]" (one per shape, shared by all services of that shape):
         masquerade marking for the mode, then
         dnat ip to <key> . numgen random mod n map @<kind>-backends     (slot i -> backend i: equal shares)
-        (ClientIP affinity: jhash ip saddr instead of numgen, so a client always lands on the same slot)
+        (ClientIP affinity: first look the client up in per-slot dynamic sets with the service's timeout)
     filter-prerouting / filter-output (before DNAT): LB source ranges, then services without (local)
     endpoints: reject (none at all) or drop (Local policy, none on this node)
     nat-postrouting -> masquerading: hairpin (saddr . daddr in @hairpin), then the masquerade mark.
@@ -27,7 +27,6 @@ from cnipy.proxy.plan import Backend, NodeConfig, Plan, PortPlan, ipv4_text
 
 FAMILY = "ip"
 TABLE = "cnipy"
-AFFINITY_SEED = 0x636E7079
 
 IP_KEY = "ip daddr . meta l4proto . th dport"
 NP_KEY = "meta l4proto . th dport"
@@ -130,41 +129,85 @@ def base_chains(cfg: NodeConfig) -> dict[str, tuple[Chain, tuple[str, ...]]]:
     return {c.name: (c, rules) for c, rules in chains}
 
 
-def _select(n: int, affinity: bool) -> str:
-    return f"jhash ip saddr mod {n} seed 0x{AFFINITY_SEED:x}" if affinity else f"numgen random mod {n}"
+AFFINITY_SET_SIZE = 262144
+
+
+def affinity_set_name(kind: str, proto: str, table: str, slot: int) -> str:
+    return f"{kind}-{proto}-{table}-aff{slot}"
+
+
+def slot_chain_name(kind: str, proto: str, table: str, slot: int, timeout: int) -> str:
+    return f"{kind}-{proto}-{table}-s{slot}-t{timeout}"
+
+
+def _parse(name: str) -> tuple[str, str, str, int, int, int | None]:
+    """``<kind>-<proto>-<mode>-<n>[-<c>][-a<timeout>]`` -> kind, proto, mode, n, c, affinity timeout."""
+    parts = name.split("-")
+    timeout = None
+    if parts[-1].startswith("a"):
+        timeout = int(parts[-1][1:])
+        parts = parts[:-1]
+    c = int(parts[4]) if parts[2] == "l" else 0
+    return parts[0], parts[1], parts[2], int(parts[3]), c, timeout
 
 
 def dispatch_rules(name: str, cfg: NodeConfig) -> tuple[str, ...]:
-    """The rules of a dispatch chain follow from its name: ``<kind>-<proto>-<mode>-<n>[-<c>][-a]``."""
-    parts = name.split("-")
-    affinity = parts[-1] == "a"
-    if affinity:
-        parts = parts[:-1]
-    kind, proto, mode, n = parts[0], parts[1], parts[2], int(parts[3])
+    """The rules of a dispatch chain follow from its name (see ``_parse``).
+
+    Without affinity, ``numgen random mod n`` picks slot i of the service's n slots: equal shares. With ClientIP
+    affinity the choice is remembered per slot: slot i's chain adds (client, service) to a dynamic set with the
+    service's timeout, and later connections of that client find it there first (O(n) set lookups, for affinity
+    services only)."""
+    kind, proto, mode, n, c, timeout = _parse(name)
     key = IP_KEY if kind == "ip" else NP_KEY
     mark = f"meta mark set meta mark | 0x{cfg.masquerade_mark:x}"
     rules: list[str] = []
 
-    def dnat(count: int, table: str) -> str:
-        return f"dnat ip to {key} . {_select(count, affinity)} map @{kind}-{proto}-{table}"
+    def pick(cond: str, count: int, table: str) -> list[str]:
+        prefix = f"{cond} " if cond else ""
+        if timeout is None:
+            return [f"{prefix}dnat ip to {key} . numgen random mod {count} map @{kind}-{proto}-{table}"]
+        slots = [slot_chain_name(kind, proto, table, i, timeout) for i in range(count)]
+        out = [f"{prefix}ip saddr . {key} @{affinity_set_name(kind, proto, table, i)} goto {chain}"
+               for i, chain in enumerate(slots)]
+        vmap = ", ".join(f"{i} : goto {chain}" for i, chain in enumerate(slots))
+        return [*out, f"{prefix}numgen random mod {count} vmap {{ {vmap} }}"]
 
     if mode == "c":
         if cfg.masquerade_all:
             rules.append(mark)
         elif cfg.cluster_cidrs:
             rules.append(f"ip saddr != {_cidrs(cfg.cluster_cidrs)} {mark}")
-        rules.append(dnat(n, "backends"))
+        rules += pick("", n, "backends")
     elif mode == "x":
-        rules += [mark, dnat(n, "backends")]
+        rules += [mark, *pick("", n, "backends")]
     else:  # "l": external traffic policy Local; pods and the node itself still reach every endpoint
-        c = int(parts[4])
         if c:
             if cfg.cluster_cidrs:
-                rules.append(f"ip saddr {_cidrs(cfg.cluster_cidrs)} {dnat(c, 'cluster-backends')}")
-            rules += [f"fib saddr type local {mark}", f"fib saddr type local {dnat(c, 'cluster-backends')}"]
+                rules += pick(f"ip saddr {_cidrs(cfg.cluster_cidrs)}", c, "cluster-backends")
+            rules += [f"fib saddr type local {mark}", *pick("fib saddr type local", c, "cluster-backends")]
         if n:
-            rules.append(dnat(n, "backends"))
+            rules += pick("", n, "backends")
     return tuple(rules)
+
+
+def affinity_objects(name: str) -> tuple[list[Set], list[tuple[Chain, tuple[str, ...]]]]:
+    """The dynamic sets and slot chains a dispatch chain with affinity needs (shared between services)."""
+    kind, proto, mode, n, c, timeout = _parse(name)
+    if timeout is None:
+        return [], []
+    key = IP_KEY if kind == "ip" else NP_KEY
+    sets: list[Set] = []
+    chains: list[tuple[Chain, tuple[str, ...]]] = []
+    for table, count in (("backends", n), ("cluster-backends", c if mode == "l" else 0)):
+        for i in range(count):
+            aff = affinity_set_name(kind, proto, table, i)
+            sets.append(Set(aff, f"typeof ip saddr . {key}", flags=("dynamic", "timeout"), size=AFFINITY_SET_SIZE))
+            chains.append((Chain(slot_chain_name(kind, proto, table, i, timeout)), (
+                f"update @{aff} {{ ip saddr . {key} timeout {timeout}s }}",
+                f"dnat ip to {key} . numgen inc mod 1 offset {i} map @{kind}-{proto}-{table}",
+            )))
+    return sets, chains
 
 
 @dataclass
@@ -180,10 +223,11 @@ class Contribution:
         self.elements.setdefault(set_name, {})[key] = value
 
     def dest(self, kind: str, proto: str, key: str, mode: str, backends: tuple[Backend, ...],
-             cluster: tuple[Backend, ...], affinity: bool, no_endpoints: str | None) -> None:
+             cluster: tuple[Backend, ...], affinity: int | None, no_endpoints: str | None) -> None:
         n, c = len(backends), len(cluster)
         if n or (mode == "l" and c):
-            name = f"{kind}-{proto}-{mode}-{n}" + (f"-{c}" if mode == "l" else "") + ("-a" if affinity else "")
+            name = f"{kind}-{proto}-{mode}-{n}" + (f"-{c}" if mode == "l" else "") + (
+                f"-a{affinity}" if affinity is not None else "")
             self.chains.add(name)
             self._put("service-ips" if kind == "ip" else "service-nodeports", key, f"goto {name}")
             self._slots(f"{kind}-{proto}-backends", key, backends)
@@ -199,7 +243,7 @@ class Contribution:
 
     def port(self, p: PortPlan) -> None:
         proto = p.protocol.value.lower()
-        affinity = p.affinity_timeout is not None
+        affinity = p.affinity_timeout
         internal = p.internal_backends
         no_internal = None if internal else (f"goto {REJECT_CHAIN}" if not p.all_backends else "drop")
         for ip in p.cluster_ips:
@@ -244,4 +288,9 @@ def desired_state(plan: Plan) -> NftState:
         chains[name] = (Chain(name), dispatch_rules(name, plan.config))
     elements: dict[str, dict[str, str | None]] = {s.name: dict(c.elements.get(s.name, {})) for s in SETS}
     elements["hairpin"] = dict.fromkeys(sorted(c.hairpin))
-    return NftState(chains=chains, sets={s.name: s for s in SETS}, elements=elements)
+    sets = {s.name: s for s in SETS}
+    for name in sorted(c.chains):
+        aux_sets, aux_chains = affinity_objects(name)
+        sets.update((s.name, s) for s in aux_sets)
+        chains.update((ch.name, (ch, rules)) for ch, rules in aux_chains)
+    return NftState(chains=chains, sets=sets, elements=elements)

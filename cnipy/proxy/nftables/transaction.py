@@ -52,10 +52,12 @@ class Set:
     type: str
     flags: tuple[str, ...] = ()
     is_map: bool = False
+    size: int | None = None
 
     def spec(self) -> str:
         flags = f" flags {','.join(self.flags)} ;" if self.flags else ""
-        return f" {{ {self.type} ;{flags} }}"
+        size = f" size {self.size} ;" if self.size else ""
+        return f" {{ {self.type} ;{flags}{size} }}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,193 @@
+"""Services in the lab: a few demo Services over the lab's pods, and one `cnipy proxy` in every node.
+
+    lab.state_dir/services/services.json   the Services and their EndpointSlices (a `kind: List`), written
+                                           from the pods' CNI results once the pods are attached
+    proxy-<node> (procs.spawn)             `cnipy proxy --manifests <that directory> --node-name <node>`
+                                           inside the node, so `down` stops it like every lab daemon
+
+The proxies start while the pods are being attached (start-up is mostly imports) and pick the manifests up when
+they appear; `wait_ready` returns once every proxy has synced them. Their rules live in the node namespaces and
+go with them. The Services (namespace `default`, every one targets the check's server port on the pods):
+
+    web        ClusterIP  10.96.0.10:80                   every pod
+    web-np     NodePort   10.96.0.11:80, node port 30080  every pod (externalTrafficPolicy Cluster)
+    web-local  NodePort   10.96.0.12:80, node port 30081  the first node's pods (externalTrafficPolicy Local:
+                                                          the client address is kept, other nodes drop)
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from cnipy.lab import procs, runtime
+from cnipy.lab.errors import LabError
+from cnipy.lab.files import private_dir, write_json
+from cnipy.lab.model import PROBE_PORT, Lab, Node
+
+SERVICE_CIDR = IPv4Network("10.96.0.0/16")
+NODE_PORT_RANGE = (30000, 32767)
+NAMESPACE = "default"
+HEALTHZ_PORT = 10256
+READY_TIMEOUT = 60.0
+MANIFEST = "services.json"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A pod behind a Service."""
+
+    pod: str
+    node: str
+    netns: str
+    ip: IPv4Address
+
+
+@dataclass(frozen=True)
+class LabService:
+    name: str
+    cluster_ip: IPv4Address
+    port: int
+    node_port: int | None  # None: a ClusterIP Service
+    local: bool  # externalTrafficPolicy Local
+    backends: tuple[Backend, ...]
+
+    @property
+    def type(self) -> str:
+        return "ClusterIP" if self.node_port is None else "NodePort"
+
+    def backends_on(self, node: str) -> tuple[Backend, ...]:
+        return tuple(b for b in self.backends if b.node == node)
+
+
+def manifest_dir(lab: Lab) -> Path:
+    return lab.state_dir / "services"
+
+
+def proxy_name(node: Node) -> str:
+    return f"proxy-{node.name}"
+
+
+def lab_services(lab: Lab) -> tuple[LabService, ...]:
+    """The demo Services over the pods that have an address (from their cached CNI results)."""
+    pods = []
+    for node in lab.nodes:
+        for pod in lab.pods_on(node):
+            att = runtime.cached(node, pod)
+            if att is not None and att.ip is not None:
+                pods.append(Backend(pod.name, node.name, pod.netns, att.ip.ip))
+    first = lab.nodes[0].name
+    vip = SERVICE_CIDR.network_address
+    return (
+        LabService("web", vip + 10, 80, None, False, tuple(pods)),
+        LabService("web-np", vip + 11, 80, 30080, False, tuple(pods)),
+        LabService("web-local", vip + 12, 80, 30081, True, tuple(b for b in pods if b.node == first)),
+    )
+
+
+def manifests(services: tuple[LabService, ...]) -> dict[str, Any]:
+    """Kubernetes manifests for `services`: each Service and the EndpointSlice an API server would hold."""
+    items: list[dict[str, Any]] = []
+    for svc in services:
+        port: dict[str, Any] = {"name": "http", "protocol": "TCP", "port": svc.port, "targetPort": PROBE_PORT}
+        spec: dict[str, Any] = {"type": svc.type, "clusterIP": str(svc.cluster_ip), "clusterIPs": [str(svc.cluster_ip)],
+                                "ports": [port]}
+        if svc.node_port is not None:
+            port["nodePort"] = svc.node_port
+            spec["externalTrafficPolicy"] = "Local" if svc.local else "Cluster"
+        items.append({"apiVersion": "v1", "kind": "Service",
+                      "metadata": {"name": svc.name, "namespace": NAMESPACE}, "spec": spec})
+        items.append({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": f"{svc.name}-lab", "namespace": NAMESPACE,
+                         "labels": {"kubernetes.io/service-name": svc.name}},
+            "ports": [{"name": "http", "protocol": "TCP", "port": PROBE_PORT}],
+            "endpoints": [{"addresses": [str(b.ip)], "nodeName": b.node, "targetRef": {"kind": "Pod", "name": b.pod},
+                           "conditions": {"ready": True, "serving": True, "terminating": False}}
+                          for b in svc.backends],
+        })
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def proxy_argv(lab: Lab, node: Node) -> list[str]:
+    return [sys.executable, "-m", "cnipy.proxy", "--mode", lab.spec.services,
+            "--manifests", str(manifest_dir(lab)), "--node-name", node.name,
+            "--cluster-cidr", str(lab.cluster_cidr), "--nodeport-address", str(node.underlay_ip.network),
+            "--healthz-address", f"0.0.0.0:{HEALTHZ_PORT}", "--metrics-address", f"0.0.0.0:{HEALTHZ_PORT}",
+            "--min-sync-period", "0.1", "--poll-period", "0.1"]
+
+
+def start_proxies(lab: Lab) -> None:
+    """A proxy in every node that has none running, watching the (possibly still empty) manifest directory."""
+    private_dir(manifest_dir(lab))
+    running = procs.recorded(lab)
+    for node in lab.nodes:
+        if proxy_name(node) not in running:
+            procs.spawn(lab, node.netns, proxy_name(node), proxy_argv(lab, node))
+
+
+def publish(lab: Lab) -> tuple[LabService, ...]:
+    """Write the manifests for the pods as they are now; the proxies pick them up."""
+    services = lab_services(lab)
+    write_json(manifest_dir(lab) / MANIFEST, manifests(services))
+    return services
+
+
+def wait_ready(lab: Lab, since: float, timeout: float = READY_TIMEOUT) -> None:
+    """Until every node's proxy reports a successful sync after `since` (wall clock: when the manifests were
+    written). LabError names the nodes whose proxy did not, and where its log is."""
+    deadline = time.monotonic() + timeout
+    waiting = list(lab.nodes)
+    while waiting:
+        waiting = [n for n in waiting if not _synced_since(n, since)]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            break
+        alive = procs.recorded(lab)
+        dead = [n for n in waiting if proxy_name(n) not in alive]
+        if dead:
+            waiting = dead
+            break
+        time.sleep(0.1)
+    logs = ", ".join(str(lab.state_dir / "logs" / f"{proxy_name(n)}.log") for n in waiting)
+    raise LabError(f"the service proxy ({lab.spec.services}) on {', '.join(n.name for n in waiting)} did not "
+                   f"sync the lab's Services within {timeout:.0f} s or stopped; see {logs}")
+
+
+def healthz(node: Node, timeout: float = 1.0) -> dict[str, Any] | None:
+    """The node's proxy /healthz answer when it is healthy (200), else None."""
+    from cnipy.netlink.ns import call_in
+
+    sock = call_in(node.netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    try:
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", HEALTHZ_PORT))
+        sock.sendall(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/") or head.split(b" ", 2)[1:2] != [b"200"]:
+        return None
+    try:
+        info: dict[str, Any] = json.loads(body)
+    except ValueError:
+        return None
+    return info
+
+
+def _synced_since(node: Node, since: float) -> bool:
+    info = healthz(node)
+    last = info.get("lastUpdated") if info else None
+    return isinstance(last, int | float) and last >= since
