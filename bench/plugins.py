@@ -156,7 +156,8 @@ def latency(paths: list[Path_], runs: int, warmup: int) -> None:
                 netns_del(pod)
 
 
-def burst(p: Path_, pods: int, parallel: int, round_no: int) -> tuple[float, float]:
+def burst(p: Path_, pods: int, parallel: int, round_no: int) -> tuple[float, float, float]:
+    """Wall time of all ADDs, of all DELs, and the CPU time the ADDs used."""
     names = [f"cnf{secrets.token_hex(4)}" for _ in range(pods)]
     for n in names:
         netns_add(n)
@@ -164,12 +165,14 @@ def burst(p: Path_, pods: int, parallel: int, round_no: int) -> tuple[float, flo
         with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
             times = []
             for command in ("ADD", "DEL"):
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), cpu_seconds()
                 futures = [pool.submit(call, p, command, n, f"cnfb{round_no}x{k}") for k, n in enumerate(names)]
                 for f in futures:
                     f.result()
                 times.append(time.perf_counter() - started)
-        return times[0], times[1]
+                if command == "ADD":
+                    add_cpu = cpu_seconds() - cpu
+        return times[0], times[1], add_cpu
     finally:
         for n in names:
             netns_del(n)
@@ -215,7 +218,7 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-Bursts = dict[str, list[tuple[float, float]]]
+Bursts = dict[str, list[tuple[float, float, float]]]
 
 
 def report(paths: list[Path_], bursts: Bursts, args: argparse.Namespace) -> dict[str, Any]:
@@ -240,9 +243,11 @@ def report(paths: list[Path_], bursts: Bursts, args: argparse.Namespace) -> dict
     if bursts:
         print(f"\nburst: {args.pods} pods, {args.parallel} in parallel, {args.rounds} rounds (s, total wall time)")
         for name, rounds in bursts.items():
-            adds, dels = [r[0] for r in rounds], [r[1] for r in rounds]
-            out["burst"][name] = {"add_s": [round(x, 3) for x in adds], "del_s": [round(x, 3) for x in dels]}
-            print(f"{name:10} ADD {' '.join(f'{x:6.2f}' for x in adds)}   DEL {' '.join(f'{x:6.2f}' for x in dels)}")
+            adds, dels, cpus = [r[0] for r in rounds], [r[1] for r in rounds], [r[2] for r in rounds]
+            out["burst"][name] = {"add_s": [round(x, 3) for x in adds], "del_s": [round(x, 3) for x in dels],
+                                  "add_cpu_s": [round(x, 3) for x in cpus]}
+            print(f"{name:10} ADD {' '.join(f'{x:6.2f}' for x in adds)}   DEL {' '.join(f'{x:6.2f}' for x in dels)}"
+                  f"   ADD CPU {' '.join(f'{x:5.2f}' for x in cpus)}")
         if "go" in bursts and "daemon" in bursts:
             ra = statistics.median(a[0] / b[0] for a, b in zip(bursts["daemon"], bursts["go"], strict=True))
             rd = statistics.median(a[1] / b[1] for a, b in zip(bursts["daemon"], bursts["go"], strict=True))

@@ -14,11 +14,17 @@ import click
 
 from cnipy.lab import backend as backends
 from cnipy.lab.errors import LabError
-from cnipy.lab.model import PLUGIN_SETS, STATE_ROOT, LabSpec
+from cnipy.lab.model import PLUGIN_SETS, SERVICE_MODES, STATE_ROOT, LabSpec
 
 DEFAULT_NAME = "cnipy"  # every lab command defaults to it, so `cnipy lab down` removes a kept demo
 DEMO_NODES = 3
 DEMO_PODS = 3
+DEFAULT_SERVICES = "nftables"
+
+services_option = click.option(
+    "--services", type=click.Choice(SERVICE_MODES), default=DEFAULT_SERVICES, show_default=True,
+    help="Demo Services (ClusterIP, NodePort, externalTrafficPolicy Local) over the pods, served by a "
+         "`cnipy proxy` in this mode on every node; none: no Services.")
 
 name_option = click.option("--name", default=DEFAULT_NAME, envvar="CNIPY_LAB", show_default=True,
                            help="Lab name (lower-case letters and digits); its namespaces are <name>-*.")
@@ -52,9 +58,10 @@ def lab() -> None:
               help="CNI plugins to attach pods with: cnipy's own, or the reference (Go) plugins.")
 @click.option("--cni-daemon/--no-cni-daemon", default=True, show_default=True,
               help="Run cnipy's CNI daemon in every node, as a real node does (faster calls).")
+@services_option
 @root_option
 def up(name: str, nodes: int, pods: int, segments: int, backend: str, plugins: str, cni_daemon: bool,
-       state_root: Path) -> None:
+       services: str, state_root: Path) -> None:
     """Bring a lab up (idempotent: an up lab of the same shape is left as it is)."""
     from cnipy.lab.build import up as build
     from cnipy.lab.progress import TerminalProgress
@@ -62,7 +69,7 @@ def up(name: str, nodes: int, pods: int, segments: int, backend: str, plugins: s
     _need_root()
     try:
         spec = LabSpec(name=name, nodes=nodes, pods_per_node=pods, segments=segments, backend=backend,
-                       plugins=plugins, state_root=state_root, cni_daemon=cni_daemon)
+                       plugins=plugins, state_root=state_root, cni_daemon=cni_daemon, services=services)
         click.echo(f"lab {name}: {spec.describe()}", err=True)
         build(spec, TerminalProgress())
     except KeyboardInterrupt:
@@ -135,23 +142,31 @@ def down(name: str, state_root: Path, no_detach: bool) -> None:
               help="CNI plugins to attach pods with.")
 @click.option("--segments", type=click.IntRange(1, 2), default=1, show_default=True,
               help="2: put the nodes on two subnets joined by a router.")
+@services_option
 @root_option
-def demo(name: str, keep: bool, backend: str, plugins: str, segments: int, state_root: Path) -> None:
-    """Build a 3-node lab, attach pods with cnipy's CNI plugins, show the connectivity matrix."""
+def demo(name: str, keep: bool, backend: str, plugins: str, segments: int, services: str,
+         state_root: Path) -> None:
+    """Build a 3-node lab, attach pods with cnipy's CNI plugins, add Services, show the connectivity matrix."""
     from cnipy.lab.build import up as build
+    from cnipy.lab.errors import ServicesNotReady
+    from cnipy.lab.model import plan
     from cnipy.lab.progress import TerminalProgress
 
     _need_root()
     try:
         spec = LabSpec(name=name, nodes=DEMO_NODES, pods_per_node=DEMO_PODS, segments=segments,
-                       backend=backend, plugins=plugins, state_root=state_root)
+                       backend=backend, plugins=plugins, state_root=state_root, services=services)
     except LabError as exc:
         raise _fail(exc) from exc
     click.echo(f"cnipy lab demo: {spec.describe()}\n")
     started = time.monotonic()
     ok = False
     try:
-        lab_ = build(spec, TerminalProgress(sys.stdout))
+        try:
+            lab_ = build(spec, TerminalProgress(sys.stdout))
+        except ServicesNotReady as exc:  # pods work; the matrix shows what the Services do
+            click.echo(f"\nSERVICES NOT READY: {exc}")
+            lab_ = plan(spec)
         click.echo(f"\nlab up in {time.monotonic() - started:.1f}s. Checking connectivity with real TCP traffic:\n")
         matrix = _check(lab_, 3.0)
         _print_matrix(lab_, matrix)
@@ -195,7 +210,7 @@ def _check(lab_: Any, timeout: float) -> Any:
 
 
 def _print_matrix(lab_: Any, matrix: Any) -> None:
-    from cnipy.lab.report import failures, matrix_table
+    from cnipy.lab.report import failures, matrix_table, service_hints
 
     click.echo(matrix_table(lab_, matrix))
     if matrix.ok:
@@ -203,6 +218,7 @@ def _print_matrix(lab_: Any, matrix: Any) -> None:
     else:
         click.echo(f"\n{len(matrix.failures)} probe(s) FAILED:")
         click.echo("\n".join(failures(matrix)))
+        click.echo("\n".join(service_hints(lab_, matrix)))
 
 
 def _down(name: str, state_root: Path, *, detach: bool, out: Any = None) -> Any:
@@ -251,6 +267,16 @@ def _print_keep_help(spec: LabSpec) -> None:
         (f"ip netns exec {n}-n1-p1 ping -c1 {far_ip}", "a pod on another node"),
         (f"cat {lab_.nodes[0].cni_conf_dir}/*.conflist", "the node's CNI configuration"),
     ]
+    if spec.services != "none":
+        from cnipy.lab.services import manifest_dir
+
+        rules = ("nft list table ip cnipy" if spec.services == "nftables"
+                 else "iptables-nft-save -t nat | grep KUBE-")
+        rows += [
+            (f"cat {manifest_dir(lab_)}/*.json", "the Services and EndpointSlices the proxies read"),
+            (f"ip netns exec {n}-n1 {rules}", "the proxy's rules on a node"),
+            (f"tail {lab_.state_dir}/logs/proxy-n1.log", "the proxy's log on a node"),
+        ]
     width = max(len(cmd) for cmd, _ in rows) + 2
     click.echo("\nThe lab is kept. Look around (as root):")
     for cmd, what in rows:

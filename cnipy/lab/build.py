@@ -17,7 +17,7 @@ from typing import Any
 
 from cnipy.lab import backend as backends
 from cnipy.lab import procs, runtime, services, sh
-from cnipy.lab.errors import LabError
+from cnipy.lab.errors import LabError, ServicesNotReady
 from cnipy.lab.files import locked, private_dir, write_json
 from cnipy.lab.model import Lab, LabSpec, Node, plan
 from cnipy.lab.progress import NullProgress, Progress
@@ -89,21 +89,25 @@ def _up(lab: Lab, backend: backends.Backend, progress: Progress) -> Lab:
         conflists[node.name] = backend.node_network_config(lab, node)
         write_json(node.cni_conf_dir / backends.CONFLIST_NAME, conflists[node.name])
 
-    if spec.services != "none":  # they warm up while pods are attached, then read the manifests
-        services.start_proxies(lab)
-
     if daemons:
         progress.step(f"waiting for {len(lab.nodes)} CNI node daemons")
         wait_for_cni_daemons(lab)
     progress.step(f"attaching {len(lab.pods)} pods with CNI ({lab.plugins.bridge})")
     _attach_all(lab, conflists, progress)
+    not_ready: ServicesNotReady | None = None
     if spec.services != "none":
         progress.step(f"Services: a cnipy proxy ({spec.services}) on each of {len(lab.nodes)} nodes")
         since = time.time()
         services.publish(lab)
-        services.wait_ready(lab, since)
+        services.start_proxies(lab)
+        try:
+            services.wait_ready(lab, since)
+        except ServicesNotReady as exc:  # the rest of the lab works: it is up, and says what is wrong
+            not_ready = exc
     write_state(lab, "up", seconds=time.monotonic() - started)
     progress.finish()
+    if not_ready is not None:
+        raise not_ready
     return lab
 
 

@@ -34,7 +34,7 @@ PORT = PROBE_PORT
 TIMEOUT = 3.0
 REFUSE_TIMEOUT = 1.0  # how long a probe that must get no answer waits for one
 WORKERS = 32
-CLUSTERIP_TRIES = 4  # connections per source pod
+CLUSTERIP_TRIES = 6  # connections per source pod
 NODEPORT_TRIES = 6  # connections per node
 
 SAME_NODE = "pod -> pod, same node"
@@ -256,6 +256,9 @@ def probe_service(probe: Probe, timeout: float) -> Outcome:
     for _ in range(probe.tries):
         try:
             reply = exchange(probe.src.netns, probe.dst.ip, probe.port, wait)
+        except TimeoutError as exc:  # the others would wait as long: give up (they count as unanswered)
+            errors.append(f"{type(exc).__name__}: {exc} (after {wait:.0f} s; not tried again)")
+            break
         except OSError as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
             continue

@@ -3,7 +3,9 @@
     LabError                    anything the lab can not do; the message says what to do next
     ├── BackendUnavailable      the back end is unknown, or its module is not installed yet
     ├── PluginFailed            a CNI plugin answered with an error (carries the CNI code and message)
-    └── CommandFailed           a helper command (ip, sysctl, a daemon) failed; carries its stderr
+    ├── CommandFailed           a helper command (ip, sysctl, a daemon) failed; carries its stderr
+    └── ServicesNotReady        the lab is up but a node's service proxy did not sync its Services (the
+                                message has the proxy's log); `check` shows which Service probes fail
 """
 
 from __future__ import annotations
@@ -30,3 +32,7 @@ class CommandFailed(LabError):
         self.argv = argv
         self.returncode = returncode
         self.stderr = stderr
+
+
+class ServicesNotReady(LabError):
+    pass

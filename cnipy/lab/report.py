@@ -83,14 +83,17 @@ def service_spread(matrix: Matrix) -> list[str]:
         for where, group in groups.items():
             made = sum(o.probe.tries for o in group)
             counts = Counter(a for o in group for a in o.answers)
-            shown = "  ".join(f"{label} {n}" for label, n in sorted(counts.items()))
-            if kind == CLIENT_LOCAL:
-                shown = (f"{shown}  (client address kept)" if counts else
-                         "no answer: this node has no local endpoint (expected)")
+            parts = [f"{label} {n}" for label, n in sorted(counts.items())]
+            if kind == CLIENT_LOCAL and counts:
+                parts.append("(client address kept)")
+            elif all(o.probe.refused and o.ok for o in group):
+                parts.append("no answer: this node has no local endpoint (expected)")
             if any(o.ok is False for o in group):
-                shown = f"{shown}  FAIL: {next(o.detail for o in group if o.ok is False)}"
+                parts.append(f"FAIL: {next(o.detail for o in group if o.ok is False)}")
+            shown = "  ".join(parts)
             policy = " Local" if kind == CLIENT_LOCAL else ""
-            lines.append(f"    {where}{policy} ({sum(counts.values())}/{made}): {shown}")
+            count = "" if all(o.probe.refused for o in group) else f" ({sum(counts.values())}/{made})"
+            lines.append(f"    {where}{policy}{count}: {shown}")
     return lines
 
 
@@ -105,10 +108,10 @@ def summary(matrix: Matrix) -> list[str]:
         elif kind == CLIENT_NODE:
             note = "  (client namespace to each node's underlay address)"
         elif kind == CLIENT_LOCAL and outcomes and outcomes[0].ok is not None:
-            note = "  (externalTrafficPolicy Local: kept client address; no answer from nodes without endpoints)"
+            note = "  (externalTrafficPolicy Local: client address kept; other nodes drop)"
         elif kind == CLIENT_LOCAL:
             continue
-        lines.append(f"  {kind:<26} {_cell(outcomes)}{note}")
+        lines.append(f"  {kind:<26} {_cell(outcomes, kind in (POD_CLUSTERIP, CLIENT_NODEPORT))}{note}")
     return lines
 
 
@@ -117,6 +120,21 @@ def failures(matrix: Matrix, limit: int = 20) -> list[str]:
              f"({o.probe.dst.ip}): {o.detail}" for o in matrix.failures[:limit]]
     if len(matrix.failures) > limit:
         lines.append(f"  ... and {len(matrix.failures) - limit} more failures")
+    return lines
+
+
+def service_hints(lab: Lab, matrix: Matrix) -> list[str]:
+    """When a Service probe failed: each node's proxy health and where its log is."""
+    if not any(o.probe.kind in SERVICE_KINDS for o in matrix.failures):
+        return []
+    from cnipy.lab.services import healthz, proxy_name
+
+    lines = [f"Service probes failed; the cnipy proxy ({lab.spec.services}) on each node:"]
+    for node in lab.nodes:
+        info = healthz(node)
+        state = ("healthy (last sync succeeded)" if info and info["healthy"] else
+                 "NOT healthy (its last sync failed)" if info else "not answering /healthz")
+        lines.append(f"  {node.name}: {state}; log {lab.state_dir / 'logs' / (proxy_name(node) + '.log')}")
     return lines
 
 
@@ -138,6 +156,8 @@ def status_text(st: LabStatus) -> str:
     lines += _grid(rows)
     hosts = [f"{h.name} {h.netns} {h.underlay_ip}" for h in lab.hosts()]
     lines.append("hosts: " + "; ".join(hosts))
+    if lab.spec.services != "none":
+        lines.append(f"Services (cnipy proxy, {lab.spec.services}): " + "; ".join(_service_text(lab)))
     if st.daemons:
         lines.append("daemons: " + ", ".join(f"{k} (pid {v})" for k, v in sorted(st.daemons.items())))
     if st.missing:
@@ -145,6 +165,17 @@ def status_text(st: LabStatus) -> str:
     if st.stray:
         lines.append(f"stray namespaces: {', '.join(st.stray)}")
     return "\n".join(lines)
+
+
+def _service_text(lab: Lab) -> list[str]:
+    from cnipy.lab.services import lab_services
+
+    out = []
+    for svc in lab_services(lab):
+        port = f":{svc.node_port}" if svc.node_port else ""
+        local = " Local" if svc.local else ""
+        out.append(f"{svc.name} {svc.type}{local} {svc.cluster_ip}:{svc.port}{port} -> {len(svc.backends)} pods")
+    return out
 
 
 def _grid(rows: list[list[str]]) -> list[str]:

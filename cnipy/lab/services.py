@@ -5,9 +5,10 @@
     proxy-<node> (procs.spawn)             `cnipy proxy --manifests <that directory> --node-name <node>`
                                            inside the node, so `down` stops it like every lab daemon
 
-The proxies start while the pods are being attached (start-up is mostly imports) and pick the manifests up when
-they appear; `wait_ready` returns once every proxy has synced them. Their rules live in the node namespaces and
-go with them. The Services (namespace `default`, every one targets the check's server port on the pods):
+The proxies start once the manifests are written, so that the first sync a proxy reports healthy includes them
+(a proxy started earlier reports its sync of the empty directory healthy too, and its /healthz can not tell the
+two apart); `wait_ready` returns once every proxy is healthy. Their rules live in the node namespaces and go with
+them. The Services (namespace `default`, every one targets the check's server port on the pods):
 
     web        ClusterIP  10.96.0.10:80                   every pod
     web-np     NodePort   10.96.0.11:80, node port 30080  every pod (externalTrafficPolicy Cluster)
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cnipy.lab import procs, runtime
-from cnipy.lab.errors import LabError
+from cnipy.lab.errors import ServicesNotReady
 from cnipy.lab.files import private_dir, write_json
 from cnipy.lab.model import PROBE_PORT, Lab, Node
 
@@ -35,7 +36,7 @@ SERVICE_CIDR = IPv4Network("10.96.0.0/16")
 NODE_PORT_RANGE = (30000, 32767)
 NAMESPACE = "default"
 HEALTHZ_PORT = 10256
-READY_TIMEOUT = 60.0
+READY_TIMEOUT = 30.0
 MANIFEST = "services.json"
 
 
@@ -118,13 +119,15 @@ def manifests(services: tuple[LabService, ...]) -> dict[str, Any]:
 def proxy_argv(lab: Lab, node: Node) -> list[str]:
     return [sys.executable, "-m", "cnipy.proxy", "--mode", lab.spec.services,
             "--manifests", str(manifest_dir(lab)), "--node-name", node.name,
-            "--cluster-cidr", str(lab.cluster_cidr), "--nodeport-address", str(node.underlay_ip.network),
+            "--cluster-cidr", str(lab.cluster_cidr),
+            # NodePorts on every local address, kube-proxy's default. (--nodeport-address would say the underlay,
+            # but its iptables rule gets two -d matches, which iptables-restore rejects.)
             "--healthz-address", f"0.0.0.0:{HEALTHZ_PORT}", "--metrics-address", f"0.0.0.0:{HEALTHZ_PORT}",
             "--min-sync-period", "0.1", "--poll-period", "0.1"]
 
 
 def start_proxies(lab: Lab) -> None:
-    """A proxy in every node that has none running, watching the (possibly still empty) manifest directory."""
+    """A proxy in every node that has none running, watching the manifest directory (`publish` first)."""
     private_dir(manifest_dir(lab))
     running = procs.recorded(lab)
     for node in lab.nodes:
@@ -141,28 +144,30 @@ def publish(lab: Lab) -> tuple[LabService, ...]:
 
 def wait_ready(lab: Lab, since: float, timeout: float = READY_TIMEOUT) -> None:
     """Until every node's proxy reports a successful sync after `since` (wall clock: when the manifests were
-    written). LabError names the nodes whose proxy did not, and where its log is."""
+    written). ServicesNotReady names the nodes whose proxy failed, stopped or timed out, with its log's end."""
     deadline = time.monotonic() + timeout
     waiting = list(lab.nodes)
+    why = f"did not sync the lab's Services within {timeout:.0f} s"
     while waiting:
-        waiting = [n for n in waiting if not _synced_since(n, since)]
+        health = {n.name: healthz(n) for n in waiting}
+        waiting = [n for n in waiting if not _synced(health[n.name], since)]
         if not waiting:
             return
+        alive = procs.recorded(lab)
+        failing = [n for n in waiting if proxy_name(n) not in alive or _failing(health[n.name])]
+        if failing:
+            waiting, why = failing, "failed to apply its rules or stopped"
+            break
         if time.monotonic() > deadline:
             break
-        alive = procs.recorded(lab)
-        dead = [n for n in waiting if proxy_name(n) not in alive]
-        if dead:
-            waiting = dead
-            break
         time.sleep(0.1)
-    logs = ", ".join(str(lab.state_dir / "logs" / f"{proxy_name(n)}.log") for n in waiting)
-    raise LabError(f"the service proxy ({lab.spec.services}) on {', '.join(n.name for n in waiting)} did not "
-                   f"sync the lab's Services within {timeout:.0f} s or stopped; see {logs}")
+    log = lab.state_dir / "logs" / f"{proxy_name(waiting[0])}.log"
+    raise ServicesNotReady(f"the cnipy proxy ({lab.spec.services}) on {', '.join(n.name for n in waiting)} {why}; "
+                           f"{log} ends:\n{_tail(log)}")
 
 
 def healthz(node: Node, timeout: float = 1.0) -> dict[str, Any] | None:
-    """The node's proxy /healthz answer when it is healthy (200), else None."""
+    """The node's proxy /healthz answer (200 healthy, 503 not), or None when it does not answer."""
     from cnipy.netlink.ns import call_in
 
     sock = call_in(node.netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
@@ -178,16 +183,26 @@ def healthz(node: Node, timeout: float = 1.0) -> dict[str, Any] | None:
     finally:
         sock.close()
     head, _, body = reply.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/") or head.split(b" ", 2)[1:2] != [b"200"]:
-        return None
     try:
         info: dict[str, Any] = json.loads(body)
     except ValueError:
         return None
+    info["healthy"] = head.split(b" ", 2)[1:2] == [b"200"]
     return info
 
 
-def _synced_since(node: Node, since: float) -> bool:
-    info = healthz(node)
+def _synced(info: dict[str, Any] | None, since: float) -> bool:
     last = info.get("lastUpdated") if info else None
-    return isinstance(last, int | float) and last >= since
+    return bool(info and info["healthy"]) and isinstance(last, int | float) and last >= since
+
+
+def _failing(info: dict[str, Any] | None) -> bool:
+    return bool(info and info.get("failing"))
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "  (no log)"
+    return "\n".join(f"  {line}" for line in text.splitlines()[-lines:])

@@ -15,12 +15,15 @@ from cnipy.netlink.errors import NetlinkError
 
 
 def delete_udp_flows(*, reply_sources: Iterable[IPv4Address] = (),
-                     destinations: Iterable[tuple[IPv4Address, int]] = ()) -> int:
+                     destinations: Iterable[tuple[IPv4Address, int]] = (),
+                     destination_ports: Iterable[int] = ()) -> int:
     """Delete UDP entries whose reply comes from one of ``reply_sources`` (flows DNATed to a removed endpoint),
-    or whose original destination is one of ``destinations`` (ip, port). Returns how many were deleted."""
+    whose original destination is one of ``destinations`` (ip, port), or whose original destination port is
+    one of ``destination_ports`` (NodePorts, on any local address). Returns how many were deleted."""
     sources = {str(a) for a in reply_sources}
     dests = {(str(a), p) for a, p in destinations}
-    if not sources and not dests:
+    ports = set(destination_ports)
+    if not sources and not dests and not ports:
         return 0
     from pyroute2 import NetlinkError as PyrouteNetlinkError
     from pyroute2.conntrack import Conntrack, NFCTAttrTuple
@@ -30,7 +33,8 @@ def delete_udp_flows(*, reply_sources: Iterable[IPv4Address] = (),
         with Conntrack() as ct:
             stale = [e for e in ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=socket.IPPROTO_UDP))
                      if e.tuple_reply.saddr in sources
-                     or (e.tuple_orig.daddr, e.tuple_orig.dport) in dests]
+                     or (e.tuple_orig.daddr, e.tuple_orig.dport) in dests
+                     or e.tuple_orig.dport in ports]
             for entry in stale:
                 try:
                     # Not ct.delete(): in pyroute2 0.7.12 it iterates the single reply and fails on None.

@@ -29,9 +29,10 @@ def make_proxier(mode: str, config: NodeConfig, iptables_backend: str = "nft") -
     return IptablesProxier(Iptables(iptables_backend), config)
 
 
-def _conntrack(gone: Iterable[IPv4Address], fresh: Iterable[tuple[IPv4Address, int]]) -> int:
+def _conntrack(gone: Iterable[IPv4Address], fresh: Iterable[tuple[IPv4Address, int]],
+               node_ports: Iterable[int]) -> int:
     from cnipy.netlink.conntrack import delete_udp_flows
-    return delete_udp_flows(reply_sources=gone, destinations=fresh)
+    return delete_udp_flows(reply_sources=gone, destinations=fresh, destination_ports=node_ports)
 
 
 def _hostport(text: str) -> tuple[str, int]:
@@ -57,6 +58,7 @@ def _route_localnet() -> None:
               help="Keys: <prefix>/services/<ns>/<name>, <prefix>/endpointslices/<ns>/<name> (JSON objects).")
 @click.option("--node-name", default=socket.gethostname, show_default="hostname",
               help="This node's name: endpoints with this nodeName are local.")
+@click.option("--zone", default=None, help="This node's topology zone: use EndpointSlice zone hints.")
 @click.option("--cluster-cidr", multiple=True, help="Pod CIDR(s); traffic from elsewhere to a ClusterIP is "
               "masqueraded.")
 @click.option("--masquerade-all", is_flag=True, help="Masquerade all service traffic.")
@@ -95,6 +97,7 @@ def proxy_command(**opts: Any) -> None:
         masquerade_all=opts["masquerade_all"],
         node_port_addresses=tuple(IPv4Network(c) for c in opts["nodeport_address"]),
         localhost_nodeports=opts["localhost_nodeports"],
+        zone=opts["zone"],
     )
     proxier = make_proxier(opts["mode"], config, opts["iptables_backend"])
     if opts["cleanup"]:

@@ -24,7 +24,8 @@ from cnipy.proxy.sync import Proxier, gc_paused
 
 log = logging.getLogger("cnipy.proxy")
 
-ConntrackCleaner = Callable[[Iterable[IPv4Address], Iterable[tuple[IPv4Address, int]]], int]
+# (reply sources, (ip, port) destinations, NodePorts) -> entries deleted
+ConntrackCleaner = Callable[[Iterable[IPv4Address], Iterable[tuple[IPv4Address, int]], Iterable[int]], int]
 
 
 class Source(Protocol):
@@ -42,11 +43,12 @@ class Timing:
 
 
 def udp_cleanup(old: dict[ServiceKey, tuple[PortPlan, ...]], new: dict[ServiceKey, tuple[PortPlan, ...]],
-                keys: Iterable[ServiceKey]) -> tuple[set[IPv4Address], set[tuple[IPv4Address, int]]]:
+                keys: Iterable[ServiceKey]) -> tuple[set[IPv4Address], set[tuple[IPv4Address, int]], set[int]]:
     """UDP flows to clean after a change: endpoints that went away, and services that got their first
-    endpoint (flows created while they had none are cached with no DNAT)."""
+    endpoint (flows created while they had none are cached with no DNAT): their IPs and ports, and NodePorts."""
     gone: set[IPv4Address] = set()
     fresh: set[tuple[IPv4Address, int]] = set()
+    node_ports: set[int] = set()
     for key in keys:
         before = {p.name: p for p in old.get(key, ()) if p.protocol.value == "UDP"}
         for p in new.get(key, ()):
@@ -57,9 +59,11 @@ def udp_cleanup(old: dict[ServiceKey, tuple[PortPlan, ...]], new: dict[ServiceKe
             gone |= prev_ips - {b.ip for b in p.all_backends}
             if p.all_backends and not prev_ips:
                 fresh |= {(ip, p.port) for ip in (*p.cluster_ips, *p.external_ips, *p.load_balancer_ips)}
+                if p.node_port is not None:
+                    node_ports.add(p.node_port)
         for p in before.values():
             gone |= {b.ip for b in p.all_backends}
-    return gone, fresh
+    return gone, fresh, node_ports
 
 
 class ProxyDaemon:
@@ -162,10 +166,10 @@ class ProxyDaemon:
 
     def _after_sync(self, keys: set[ServiceKey]) -> None:
         if self.conntrack is not None:
-            gone, fresh = udp_cleanup(self.applied_plans, self.plans, keys)
-            if gone or fresh:
+            gone, fresh, node_ports = udp_cleanup(self.applied_plans, self.plans, keys)
+            if gone or fresh or node_ports:
                 try:
-                    self.metrics.inc("conntrack_deleted_total", self.conntrack(gone, fresh))
+                    self.metrics.inc("conntrack_deleted_total", self.conntrack(gone, fresh, node_ports))
                 except Exception as exc:  # never let cleanup break the sync loop
                     log.warning("conntrack cleanup failed: %s", exc)
                     self.metrics.inc("conntrack_failures_total")

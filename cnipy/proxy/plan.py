@@ -34,6 +34,7 @@ class NodeConfig:
     node_port_addresses: tuple[IPv4Network, ...] = ()  # empty: every local address
     localhost_nodeports: bool = False
     masquerade_mark: int = 0x4000
+    zone: str | None = None  # this node's topology zone: enables topology-aware hints
 
 
 def ipv4_text(ip: IPv4Address) -> str:
@@ -97,15 +98,32 @@ def port_name(svc: Service, sp: ServicePort) -> str:
     return f"{svc.key}:{sp.name}" if sp.name else str(svc.key)
 
 
-def _order(b: Backend) -> tuple[int, int]:
-    return int(b.ip), b.port
-
-
 def _usable(candidates: Sequence[tuple[Endpoint, Backend]]) -> tuple[Backend, ...]:
-    ready = {b for e, b in candidates if e.ready}
+    """Ready endpoints, else serving-and-terminating ones; sorted by address and port, duplicates dropped
+    (sorted on integer keys: IPv4Address hashing and comparison are slow Python code, 100k per full sync)."""
+    ready = [b for e, b in candidates if e.ready]
     if not ready:  # terminating-endpoint fallback: still serving, but going away
-        ready = {b for e, b in candidates if e.serving and e.terminating}
-    return tuple(sorted(ready, key=_order))
+        ready = [b for e, b in candidates if e.serving and e.terminating]
+    keyed = sorted((int(b.ip), b.port, i) for i, b in enumerate(ready))
+    out = []
+    last = None
+    for ip, port, i in keyed:
+        if (ip, port) != last:
+            out.append(ready[i])
+            last = (ip, port)
+    return tuple(out)
+
+
+def _by_hints(candidates: list[tuple[Endpoint, Backend]], zone: str | None) -> list[tuple[Endpoint, Backend]]:
+    """Topology-aware routing, as kube-proxy does it: when every ready endpoint carries zone hints and some
+    are meant for this node's zone, cluster-wide traffic goes only to those; otherwise hints are ignored."""
+    if zone is None:
+        return candidates
+    ready = [(e, b) for e, b in candidates if e.ready]
+    if not ready or any(not e.hint_zones for e, _ in ready):
+        return candidates
+    mine = [(e, b) for e, b in ready if zone in e.hint_zones]
+    return mine or candidates
 
 
 def _endpoints_for(sp: ServicePort, slices: Iterable[EndpointSlice], node: str) -> list[tuple[Endpoint, Backend]]:
@@ -148,7 +166,7 @@ def plan_service(svc: Service, slices: Iterable[EndpointSlice], config: NodeConf
             affinity_timeout=svc.affinity_timeout,
             internal_local=svc.internal_traffic_policy is TrafficPolicy.LOCAL,
             external_local=svc.external_traffic_policy is TrafficPolicy.LOCAL and svc.is_external,
-            all_backends=_usable(cands),
+            all_backends=_usable(_by_hints(cands, config.zone)),
             local_backends=_usable(local),
             health_check_node_port=svc.health_check_node_port
             if svc.external_traffic_policy is TrafficPolicy.LOCAL else None,

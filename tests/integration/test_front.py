@@ -322,11 +322,18 @@ def test_front_needs_no_shell(fronts: Path) -> None:
     assert proc.returncode == 0 and b"cnipy-loopback" in proc.stderr
 
 
-def children_of(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
+def children_of(pid: int, expect: int = 0) -> list[int]:
+    """The pid's children; with `expect`, wait (the socket is up before the workers are forked) until there are
+    that many."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            found = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except FileNotFoundError:
+            found = []
+        if len(found) >= expect or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
 
 
 def gone(pids: list[int], timeout: float = 15) -> bool:
@@ -345,7 +352,7 @@ def test_worker_processes_stop_with_the_daemon(fronts: Path, tmp_path: Path) -> 
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_for_socket(sock, proc)
-        workers = children_of(proc.pid)
+        workers = children_of(proc.pid, expect=2)
         assert len(workers) == 2
         with N.namespaces(1, prefix="cnf") as (ns,):
             for _ in range(6):  # whichever process accepts, the answer is the same
@@ -358,7 +365,7 @@ def test_worker_processes_stop_with_the_daemon(fronts: Path, tmp_path: Path) -> 
         again = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_for_socket(sock, again)
-            workers = children_of(again.pid)
+            workers = children_of(again.pid, expect=2)
         finally:
             stop(again)
         assert again.returncode == 0 and gone(workers) and not sock.exists()

@@ -5,10 +5,12 @@ Packet path (O(1) whatever the number of services):
     nat-prerouting / nat-output -> services:
         ip daddr . l4proto . dport  vmap @service-ips       -> goto <dispatch chain>
         <local address> l4proto . dport vmap @service-nodeports -> goto <dispatch chain>
-    dispatch chain "<kind>-<mode>-<n>[-<c>][-a]" (one per shape, shared by all services of that shape):
+    dispatch chain "<kind>-<proto>-<mode>-<n>[-<c>][-a<timeout>]" (one per shape, shared by all services of
+    that shape; kind ip|np, mode c = cluster IP, x = external, l = external with policy Local):
         masquerade marking for the mode, then
-        dnat ip to <key> . numgen random mod n map @<kind>-backends     (slot i -> backend i: equal shares)
-        (ClientIP affinity: first look the client up in per-slot dynamic sets with the service's timeout)
+        dnat ip to <key> . numgen random mod n map @<kind>-<proto>-backends  (slot i -> backend i: equal shares)
+        (ClientIP affinity: first look (client, service) up in per-slot dynamic sets that expire after the
+        service's timeout; a new choice goes through slot i's chain, which records it and DNATs to slot i)
     filter-prerouting / filter-output (before DNAT): LB source ranges, then services without (local)
     endpoints: reject (none at all) or drop (Local policy, none on this node)
     nat-postrouting -> masquerading: hairpin (saddr . daddr in @hairpin), then the masquerade mark.

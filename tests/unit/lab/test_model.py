@@ -12,7 +12,17 @@ import pytest
 
 from cnipy.lab import backend as backends
 from cnipy.lab.build import _switch_lines, _veth_lines, read_sysctls
-from cnipy.lab.connectivity import CLIENT_NODE, CROSS_NODE, SAME_NODE, Endpoint, Matrix, Outcome, Probe, plan_probes
+from cnipy.lab.connectivity import (
+    CLIENT_NODE,
+    CROSS_NODE,
+    NO_SERVICES,
+    SAME_NODE,
+    Endpoint,
+    Matrix,
+    Outcome,
+    Probe,
+    plan_probes,
+)
 from cnipy.lab.errors import BackendUnavailable, LabError
 from cnipy.lab.model import LabSpec, plan
 from cnipy.lab.report import matrix_table, summary
@@ -103,14 +113,14 @@ def _fake_matrix(tmp_path: Path) -> tuple[object, Matrix]:
     kinds = [p.kind for p in probes]
     assert kinds.count(SAME_NODE) == 6 and kinds.count(CROSS_NODE) == 6 and kinds.count(CLIENT_NODE) == 3
     assert sum(p.via_router for p in probes if p.kind == CROSS_NODE) == 4
-    outcomes = [Outcome(p, None if not p.dst.netns else p.dst.label != "n3-p1", "x", 0.0) for p in probes]
+    outcomes = [Outcome(p, None if p.pending else p.dst.label != "n3-p1", p.pending or "x", 0.0) for p in probes]
     return lab, Matrix(tuple(outcomes))
 
 
 def test_matrix_table_shows_failures_and_placeholders(tmp_path: Path) -> None:
     lab, matrix = _fake_matrix(tmp_path)
     text = matrix_table(lab, matrix)  # type: ignore[arg-type]
-    assert "n/a (not yet)" in text and "FAIL" in text
+    assert NO_SERVICES in text and "FAIL" in text
     assert not matrix.ok and matrix.failures
     assert any("through the router" in line for line in summary(matrix))
 

@@ -40,8 +40,8 @@ def make(**timing: float) -> tuple[FakeSource, FakeNft, ProxyDaemon, Clock, list
     src, fake, clock = FakeSource(), FakeNft(), Clock()
     cleaned: list[tuple[object, object]] = []
 
-    def conntrack(gone: object, fresh: object) -> int:
-        cleaned.append((set(gone), set(fresh)))  # type: ignore[call-overload]
+    def conntrack(gone: object, fresh: object, node_ports: object) -> int:
+        cleaned.append((set(gone), set(fresh), set(node_ports)))  # type: ignore[call-overload]
         return 1
 
     d = ProxyDaemon(src, NftablesProxier(fake, config()), config(), timing=Timing(**timing), clock=clock,
@@ -50,7 +50,7 @@ def make(**timing: float) -> tuple[FakeSource, FakeNft, ProxyDaemon, Clock, list
 
 
 WEB = service("web", "10.96.0.10")
-DNS = service("dns", "10.96.0.53", 53, protocol="UDP", target=53)
+DNS = service("dns", "10.96.0.53", 53, protocol="UDP", target=53, type="NodePort", node_port=30053)
 
 
 def test_first_sync_is_full_then_partial_and_coalesced() -> None:
@@ -111,16 +111,16 @@ def test_self_repair_after_flush() -> None:
 
 def test_udp_conntrack_cleanup_on_endpoint_change() -> None:
     src, _, d, clock, cleaned = make()
-    src.push(state((DNS, None)))
+    src.push(state((DNS, None)))  # a UDP NodePort service with no endpoint yet
     d.step()
     clock.now += 2
     src.push(state((DNS, endpoints(DNS, "10.244.1.5", port=53))))
     d.step()
-    assert cleaned[-1] == (set(), {(IPv4Address("10.96.0.53"), 53)})  # first endpoint: flush stuck flows
+    assert cleaned[-1] == (set(), {(IPv4Address("10.96.0.53"), 53)}, {30053})  # first endpoint: stuck flows
     clock.now += 2
     src.push(state((DNS, endpoints(DNS, "10.244.1.6", port=53))))
     d.step()
-    assert cleaned[-1] == ({IPv4Address("10.244.1.5")}, set())
+    assert cleaned[-1] == ({IPv4Address("10.244.1.5")}, set(), set())
     assert d.metrics.counters["conntrack_deleted_total"] == 2
 
 
@@ -128,7 +128,7 @@ def test_udp_cleanup_ignores_tcp() -> None:
     cfg = config()
     old = build_plans(state((WEB, endpoints(WEB, "10.244.1.2"))), cfg)
     new = build_plans(state((WEB, endpoints(WEB, "10.244.1.3"))), cfg)
-    assert udp_cleanup(old, new, {WEB.key}) == (set(), set())
+    assert udp_cleanup(old, new, {WEB.key}) == (set(), set(), set())
 
 
 def test_bad_manifest_counted_and_others_synced() -> None:

@@ -34,3 +34,21 @@ def test_local_policies() -> None:
     assert [str(b.ip) for b in p.local_backends] == ["10.244.1.2"]
     assert p.internal_backends == p.local_backends == p.external_backends
     assert len(p.all_backends) == 2
+
+
+def test_topology_hints() -> None:
+    from dataclasses import replace
+
+    s = service("web", "10.96.0.10")
+    sl = endpoints(s, "10.244.1.2", "10.244.2.2", "10.244.3.2")
+    zones = {"10.244.1.2": ("a",), "10.244.2.2": ("a",), "10.244.3.2": ("b",)}
+    hinted = replace(sl, endpoints=tuple(replace(e, hint_zones=zones[str(e.addresses[0])]) for e in sl.endpoints))
+    (p,) = build_plan(state((s, hinted)), config(zone="a")).ports
+    assert [str(b.ip) for b in p.all_backends] == ["10.244.1.2", "10.244.2.2"]
+    (p,) = build_plan(state((s, hinted)), config(zone="c")).ports  # nothing meant for this zone: all
+    assert len(p.all_backends) == 3
+    (p,) = build_plan(state((s, hinted)), config()).ports  # zone unknown: hints ignored
+    assert len(p.all_backends) == 3
+    partly = replace(hinted, endpoints=(*hinted.endpoints[:2], replace(hinted.endpoints[2], hint_zones=())))
+    (p,) = build_plan(state((s, partly)), config(zone="a")).ports  # not every endpoint hinted: ignored
+    assert len(p.all_backends) == 3
