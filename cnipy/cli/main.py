@@ -13,6 +13,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lab": ("cnipy.cli.lab:lab", "A multi-node cluster in network namespaces: up, status, check, down, demo."),
     "agent": ("cnipy.cli.agent:agent_command",
               "Overlay node agent: subnet lease (etcd or static file), vxlan/host-gw routes, subnet file."),
+    "cni-daemon": ("cnipy.cli.cni:cni_daemon",
+                   "Node daemon serving CNI calls from the plugin executables (keeps the plugins warm)."),
     "proxy": ("cnipy.cli.proxy:proxy", "Service proxy (kube-proxy replacement): Services into nftables or iptables."),
 }
 

@@ -61,7 +61,7 @@ def test_cli_check_exits_non_zero_on_failure(lab_name: str, state_root: Path) ->
     args = ["--name", lab_name, "--state-root", str(state_root)]
     ok = subprocess.run([*cli, "check", *args], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "all probes passed" in ok.stdout and "n/a (not yet)" in ok.stdout
+    assert "all probes passed" in ok.stdout and "n/a (no --services)" in ok.stdout
     sh.run(["ip", "-n", lab.nodes[1].netns, "link", "set", "eth0", "down"])
     bad = subprocess.run([*cli, "check", *args, "--timeout", "1"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "FAILED" in bad.stdout
@@ -134,6 +134,8 @@ def test_demo_runs_and_tears_down(lab_name: str, state_root: Path) -> None:
                            "--plugins", PLUGINS], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all probes passed" in proc.stdout and "pod -> pod, across nodes" in proc.stdout
+    assert "pod -> ClusterIP" in proc.stdout and "Which endpoints answered" in proc.stdout
+    assert "n/a (no --services)" not in proc.stdout
     assert f"lab {lab_name} removed" in proc.stdout
     assert leftovers(lab_name, state_root, before) == []
 
