@@ -39,7 +39,7 @@ def spawn(lab: Lab, netns: str, name: str, argv: Sequence[str], *,
 
 
 def recorded(lab: Lab) -> dict[str, int]:
-    """name -> pid of recorded daemons that still run (the same process, not a reused pid)."""
+    """name -> pid of recorded daemons that still run (the same process, not a reused pid, not a zombie)."""
     alive: dict[str, int] = {}
     for path in sorted((lab.state_dir / "pids").glob("*.pid")):
         try:
@@ -47,7 +47,7 @@ def recorded(lab: Lab) -> dict[str, int]:
             pid = int(pid_text)
         except (OSError, ValueError):
             continue
-        if _start_time(pid) == start:
+        if _start_time(pid) == start and _alive(pid):
             alive[path.stem] = pid
     return alive
 
