@@ -244,6 +244,7 @@ def _outcome_json(o: Any) -> dict[str, Any]:
     return {"kind": o.probe.kind, "from": o.probe.src.label, "to": o.probe.dst.label,
             "src_ip": str(o.probe.src.ip) if o.probe.src.ip else None,
             "dst_ip": str(o.probe.dst.ip) if o.probe.dst.ip else None,
+            "port": o.probe.port, "connections": o.probe.tries, "answered_by": list(o.answers),
             "ok": o.ok, "detail": o.detail, "via_router": o.probe.via_router}
 
 

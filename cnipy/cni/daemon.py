@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import fcntl
 import gc
-import json
 import logging
 import os
 import selectors
@@ -45,7 +44,6 @@ from types import FrameType
 from typing import Any
 
 from cnipy.cni import skel, wire
-from cnipy.cni import version as V
 from cnipy.cni.errors import CniError, InternalError, InvalidConfig
 
 DEFAULT_SOCKET = "/run/cnipy/cni.sock"
@@ -91,17 +89,7 @@ def warm(resolve: Resolver = default_resolver) -> list[str]:
 
 
 def _error_outcome(exc: CniError, stdin: bytes) -> wire.CallReply:
-    body = json.dumps(exc.to_json(_version_of(stdin)), separators=(",", ":")) + "\n"
-    return wire.CallReply(1, body.encode(), b"")
-
-
-def _version_of(stdin: bytes) -> str:
-    try:
-        conf = json.loads(stdin)
-        v = conf.get("cniVersion") if isinstance(conf, dict) else None
-        return v if isinstance(v, str) and v in V.SUPPORTED else V.LATEST
-    except Exception:
-        return V.LATEST
+    return wire.CallReply(1, skel.error_json(exc, stdin), b"")
 
 
 def _recv_exact(conn: socket.socket, size: int) -> bytes:

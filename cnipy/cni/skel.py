@@ -47,6 +47,11 @@ def _version_of(stdin: bytes) -> str:
         return V.LATEST
 
 
+def error_json(exc: CniError, stdin: bytes) -> bytes:
+    """The stdout of a failed call: the error in the config's version (or the latest)."""
+    return _dump(exc.to_json(_version_of(stdin)))
+
+
 def _dump(obj: Any) -> bytes:
     return (json.dumps(obj, indent=None, separators=(",", ":")) + "\n").encode()
 
@@ -90,11 +95,11 @@ def execute(plugin: Plugin, env: Mapping[str, str], stdin: bytes) -> Outcome:
         req = parse_request(env, stdin)
         return Outcome(dispatch(plugin, req), 0)
     except CniError as exc:
-        return Outcome(_dump(exc.to_json(_version_of(stdin))), 1)
+        return Outcome(error_json(exc, stdin), 1)
     except Exception as exc:  # the one place a bug becomes a CNI error instead of a traceback
         _log_bug(env)
         err = InternalError(f"internal error: {type(exc).__name__}", str(exc)[:500])
-        return Outcome(_dump(err.to_json(_version_of(stdin))), 1)
+        return Outcome(error_json(err, stdin), 1)
 
 
 def _log_bug(env: Mapping[str, str]) -> None:

@@ -172,7 +172,7 @@ def _service_text(lab: Lab) -> list[str]:
 
     out = []
     for svc in lab_services(lab):
-        port = f":{svc.node_port}" if svc.node_port else ""
+        port = f" node port {svc.node_port}" if svc.node_port else ""
         local = " Local" if svc.local else ""
         out.append(f"{svc.name} {svc.type}{local} {svc.cluster_ip}:{svc.port}{port} -> {len(svc.backends)} pods")
     return out

@@ -63,9 +63,6 @@ class LabService:
     def type(self) -> str:
         return "ClusterIP" if self.node_port is None else "NodePort"
 
-    def backends_on(self, node: str) -> tuple[Backend, ...]:
-        return tuple(b for b in self.backends if b.node == node)
-
 
 def manifest_dir(lab: Lab) -> Path:
     return lab.state_dir / "services"
@@ -97,8 +94,8 @@ def manifests(services: tuple[LabService, ...]) -> dict[str, Any]:
     items: list[dict[str, Any]] = []
     for svc in services:
         port: dict[str, Any] = {"name": "http", "protocol": "TCP", "port": svc.port, "targetPort": PROBE_PORT}
-        spec: dict[str, Any] = {"type": svc.type, "clusterIP": str(svc.cluster_ip), "clusterIPs": [str(svc.cluster_ip)],
-                                "ports": [port]}
+        ip = str(svc.cluster_ip)
+        spec: dict[str, Any] = {"type": svc.type, "clusterIP": ip, "clusterIPs": [ip], "ports": [port]}
         if svc.node_port is not None:
             port["nodePort"] = svc.node_port
             spec["externalTrafficPolicy"] = "Local" if svc.local else "Cluster"

@@ -13,6 +13,7 @@ from typing import Any
 
 from cnipy.netlink.errors import AlreadyExists, InterfaceNotFound, WrongKind
 from cnipy.netlink.ns import open_netns
+from cnipy.netlink import route
 from cnipy.netlink.route import guarded, ipr, link_by_name, link_index
 
 IFF_UP = 0x1
@@ -77,10 +78,22 @@ def list_links(netns: str | None) -> list[LinkInfo]:
 def link_exists(netns: str | None, name: str) -> bool:
     with ipr(netns) as sock, guarded(f"look up {name}"):
         try:
-            link_by_name(sock, name)
+            link_index(sock, name)
         except InterfaceNotFound:
             return False
         return True
+
+
+def link_mac(netns: str | None, name: str) -> str:
+    """An Ethernet link's MAC address ('aa:bb:cc:dd:ee:ff'); InterfaceNotFound when there is no such link."""
+    with ipr(netns) as sock, guarded(f"get the MAC address of {name}"):
+        return route.link_mac(sock, name)
+
+
+def link_running(netns: str | None, name: str) -> bool:
+    """Whether the link is up and operationally up (what `get_link(...).oper_state == "UP"` asks, cheaply)."""
+    with ipr(netns) as sock, guarded(f"get the state of {name}"):
+        return route.link_running(sock, name)
 
 
 def set_link_up(netns: str | None, name: str) -> None:
@@ -158,15 +171,14 @@ def create_veth(netns: str | None, peer_netns: str | None, peer_name: str, *, mt
                     if host_name or link_exists(peer_netns if peer_netns else netns, peer_name):
                         raise
                     continue  # the random host name collided: pick another
-                host = _info(link_by_name(sock, name))
+                host_mac = route.link_mac(sock, name)
                 break
             else:
                 raise AlreadyExists("could not find a free veth name", E.EEXIST)
     finally:
         if peer_fd >= 0:
             os.close(peer_fd)
-    peer_info = get_link(peer_netns if peer_netns else netns, peer_name)
-    return VethPair(host.name, host.mac, peer_info.name, peer_info.mac)
+    return VethPair(name, host_mac, peer_name, link_mac(peer_netns if peer_netns else netns, peer_name))
 
 
 def veth_peer(netns: str | None, name: str) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cnipy import httpd
 
 
 class Metrics:
@@ -45,39 +46,24 @@ class StatusServer:
 
     def __init__(self, address: str, metrics: Metrics, readiness: Callable[[], tuple[bool, str]]) -> None:
         host, _, port = address.rpartition(":")
-        metrics_ref, ready_ref = metrics, readiness
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-                if self.path == "/metrics":
-                    self._reply(200, metrics_ref.render(), "text/plain; version=0.0.4")
-                elif self.path in ("/healthz", "/readyz"):
-                    ok, why = ready_ref()
-                    self._reply(200 if ok else 503, ("ok" if ok else f"not ready: {why}") + "\n", "text/plain")
-                else:
-                    self._reply(404, "not found\n", "text/plain")
+        def respond(path: str) -> tuple[int, str, str]:
+            path = path.split("?")[0]
+            if path == "/metrics":
+                return 200, "text/plain; version=0.0.4", metrics.render()
+            if path in ("/healthz", "/readyz"):
+                ok, why = readiness()
+                return (200 if ok else 503), "text/plain", ("ok" if ok else f"not ready: {why}") + "\n"
+            return 404, "text/plain", "not found\n"
 
-            def _reply(self, code: int, body: str, ctype: str) -> None:
-                data = body.encode()
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: object) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="status-http", daemon=True)
+        self.server = httpd.serve(host.strip("[]") or "127.0.0.1", int(port), respond, start=False)
 
     @property
     def port(self) -> int:
         return int(self.server.server_address[1])
 
     def start(self) -> None:
-        self.thread.start()
+        httpd.start_thread(self.server)
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -8,35 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from cnipy import httpd
 from cnipy.proxy.model import ServiceKey
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-def _serve(host: str, port: int, respond: Callable[[str], tuple[int, str, str]]) -> _Server:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-            code, ctype, body = respond(self.path)
-            data = body.encode()
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = _Server((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name=f"http-{port}", daemon=True).start()
-    return server
 
 
 class StatusServer:
@@ -52,7 +27,7 @@ class StatusServer:
                 return 200, "text/plain; version=0.0.4", metrics()
             return 404, "text/plain", "not found\n"
 
-        self.server = _serve(host, port, respond)
+        self.server = httpd.serve(host, port, respond)
         self.port = self.server.server_address[1]
 
     def close(self) -> None:
@@ -65,7 +40,7 @@ class HealthCheckServers:
 
     def __init__(self, host: str = "0.0.0.0") -> None:
         self.host = host
-        self.servers: dict[int, _Server] = {}
+        self.servers: dict[int, httpd.StatusHTTPServer] = {}
         self.state: dict[int, tuple[ServiceKey, int]] = {}
         self.errors: dict[int, str] = {}
 
@@ -79,7 +54,7 @@ class HealthCheckServers:
         for port in wanted:
             if port not in self.servers:
                 try:
-                    self.servers[port] = _serve(self.host, port, functools.partial(self._respond, port))
+                    self.servers[port] = httpd.serve(self.host, port, functools.partial(self._respond, port))
                     self.errors.pop(port, None)
                 except OSError as exc:  # port taken: report it, keep proxying
                     self.errors[port] = str(exc)

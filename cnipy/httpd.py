@@ -1,0 +1,45 @@
+"""A tiny threaded HTTP server for status endpoints (/healthz, /metrics, health-check node ports).
+
+`respond(path) -> (status, content type, body)` decides every answer; the server runs in a daemon thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+Responder = Callable[[str], tuple[int, str, str]]
+
+
+class StatusHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def serve(host: str, port: int, respond: Responder, *, start: bool = True) -> StatusHTTPServer:
+    """Bind `host:port` (port 0: any free port) and, unless start=False, serve in a daemon thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            code, ctype, body = respond(self.path)
+            data = body.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+    server = StatusHTTPServer((host, port), Handler)
+    if start:
+        start_thread(server)
+    return server
+
+
+def start_thread(server: StatusHTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name=f"http-{server.server_address[1]}", daemon=True)
+    thread.start()
+    return thread
