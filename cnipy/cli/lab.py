@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from cnipy.lab import backend as backends
-from cnipy.lab.errors import LabError
+from cnipy.lab.errors import LabError, ServicesNotReady
 from cnipy.lab.model import PLUGIN_SETS, SERVICE_MODES, STATE_ROOT, LabSpec
 
 DEFAULT_NAME = "cnipy"  # every lab command defaults to it, so `cnipy lab down` removes a kept demo
@@ -74,6 +74,9 @@ def up(name: str, nodes: int, pods: int, segments: int, backend: str, plugins: s
         build(spec, TerminalProgress())
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; `cnipy lab down --name {name}` removes what was built") from None
+    except ServicesNotReady as exc:
+        raise click.ClickException(f"lab {name} is up but its Services are not: {exc}\n"
+                                   f"`cnipy lab check --name {name}` shows what works") from exc
     except LabError as exc:
         raise click.ClickException(f"{exc}\nwhat was built stays for inspection; "
                                    f"`cnipy lab down --name {name}` removes it") from exc
@@ -148,7 +151,6 @@ def demo(name: str, keep: bool, backend: str, plugins: str, segments: int, servi
          state_root: Path) -> None:
     """Build a 3-node lab, attach pods with cnipy's CNI plugins, add Services, show the connectivity matrix."""
     from cnipy.lab.build import up as build
-    from cnipy.lab.errors import ServicesNotReady
     from cnipy.lab.model import plan
     from cnipy.lab.progress import TerminalProgress
 
@@ -180,8 +182,12 @@ def demo(name: str, keep: bool, backend: str, plugins: str, segments: int, servi
         if keep:
             _print_keep_help(spec)
         else:
-            click.echo("\ntearing the lab down (use --keep to explore it):")
-            _down(name, state_root, detach=True, out=sys.stdout)
+            try:
+                click.echo("\ntearing the lab down (use --keep to explore it):")
+                _down(name, state_root, detach=True, out=sys.stdout)
+            except BrokenPipeError:  # `demo | head`: the reader is gone, the lab must go all the same
+                with open(os.devnull, "w") as devnull:
+                    _down(name, state_root, detach=True, out=devnull)
     if not ok:
         sys.exit(1)
 

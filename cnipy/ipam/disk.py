@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import ipaddress
 import os
 from collections.abc import Iterator, Mapping
@@ -163,15 +164,12 @@ class DiskStore:
         except OSError as exc:
             raise IOFailure(f"cannot list {self.path}", exc.strerror or str(exc)) from exc
         for name in names:
-            if len(name) > 45:  # longer than any address's text form
-                continue
-            try:
-                ip = ipaddress.ip_address(name)
-            except ValueError:
+            ip = _address_named(name)
+            if ip is None:
                 continue
             data = self._read(name)
             if data is not None:
-                out[ip] = Owner.decode(data)
+                out[ip] = _owner_of(data)
         return out
 
     # -- files ---------------------------------------------------------------------------------------------------
@@ -198,6 +196,21 @@ class DiskStore:
 
     def writable(self) -> bool:
         return os.access(self.path, os.W_OK | os.X_OK)
+
+
+# This scan runs under the lock on every ADD and DEL and sees the same names and owners again and again: parse
+# each once per process (both values are immutable).
+@functools.lru_cache(maxsize=8192)
+def _address_named(name: str) -> IPAddress | None:
+    if len(name) > 45:  # longer than any address's text form
+        return None
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+_owner_of = functools.lru_cache(maxsize=8192)(Owner.decode)
 
 
 def _write_all(fd: int, data: bytes) -> None:

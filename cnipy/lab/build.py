@@ -1,8 +1,9 @@
-"""`lab up`: namespaces, underlay, node settings, the back end, then pods attached through CNI.
+"""`lab up`: namespaces, underlay, node settings, the back end, pods attached through CNI, then Services.
 
-`up` is idempotent: a lab that is up with the same spec is left as it is; the remains of an interrupted `up` are
-removed (`down`) and the lab is built anew. lab.json is written before anything is created, so `down` always
-knows the spec, and says `"phase": "up"` only once everything is in place.
+`up` is idempotent: a lab that is up with the same spec is left as it is (a service proxy that stopped is started
+again); the remains of an interrupted `up` are removed (`down`) and the lab is built anew. lab.json is written
+before anything is created, so `down` always knows the spec, and says `"phase": "up"` only once everything is in
+place (with Services that did not become ready too: the rest works, and ServicesNotReady says what does not).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def up(spec: LabSpec, progress: Progress | None = None) -> Lab:
     lab = plan(spec)
     backend = backends.load(spec.backend)  # fail before anything is made
     _check_plugins(lab)
+    services.check_tools(spec.services)
     with locked(lab.state_dir):
         return _up(lab, backend, progress)
 
@@ -49,6 +51,9 @@ def _up(lab: Lab, backend: backends.Backend, progress: Progress) -> Lab:
                            f"run `cnipy lab down --name {spec.name}` first")
         if state.phase == "up" and all(ns in set(sh.netns_list()) for ns in lab.all_netns()):
             progress.step(f"lab {spec.name} is already up")
+            if spec.services != "none":  # a proxy that stopped starts again, as a node's service manager does
+                services.start_proxies(lab)
+                services.wait_ready(lab, since=0.0)
             progress.finish()
             return lab
     if state is not None or any(ns.startswith(lab.prefix) for ns in sh.netns_list()):

@@ -174,6 +174,8 @@ def _service_text(lab: Lab) -> list[str]:
     for svc in lab_services(lab):
         port = f" node port {svc.node_port}" if svc.node_port else ""
         local = " Local" if svc.local else ""
+        if svc.health_check_node_port is not None:
+            port += f" (health check {svc.health_check_node_port})"
         out.append(f"{svc.name} {svc.type}{local} {svc.cluster_ip}:{svc.port}{port} -> {len(svc.backends)} pods")
     return out
 

@@ -13,12 +13,14 @@ them. The Services (namespace `default`, every one targets the check's server po
     web        ClusterIP  10.96.0.10:80                   every pod
     web-np     NodePort   10.96.0.11:80, node port 30080  every pod (externalTrafficPolicy Cluster)
     web-local  NodePort   10.96.0.12:80, node port 30081  the first node's pods (externalTrafficPolicy Local:
-                                                          the client address is kept, other nodes drop)
+                                                          the client address is kept, other nodes drop;
+                                                          healthCheckNodePort 30090)
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import sys
 import time
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cnipy.lab import procs, runtime
-from cnipy.lab.errors import ServicesNotReady
+from cnipy.lab.errors import LabError, ServicesNotReady
 from cnipy.lab.files import private_dir, write_json
 from cnipy.lab.model import PROBE_PORT, Lab, Node
 
@@ -58,10 +60,19 @@ class LabService:
     node_port: int | None  # None: a ClusterIP Service
     local: bool  # externalTrafficPolicy Local
     backends: tuple[Backend, ...]
+    health_check_node_port: int | None = None  # Local only: 200 on nodes with local endpoints, else 503
 
     @property
     def type(self) -> str:
         return "ClusterIP" if self.node_port is None else "NodePort"
+
+
+def check_tools(mode: str) -> None:
+    """LabError before anything is built when the proxy's mode needs a tool this machine lacks."""
+    tool = {"nftables": "nft", "iptables": "iptables-restore"}.get(mode)
+    if tool is not None and shutil.which(tool) is None:
+        raise LabError(f"--services {mode} needs {tool}, which is not installed (bin/setup installs it); "
+                       f"or use --services none")
 
 
 def manifest_dir(lab: Lab) -> Path:
@@ -85,7 +96,7 @@ def lab_services(lab: Lab) -> tuple[LabService, ...]:
     return (
         LabService("web", vip + 10, 80, None, False, tuple(pods)),
         LabService("web-np", vip + 11, 80, 30080, False, tuple(pods)),
-        LabService("web-local", vip + 12, 80, 30081, True, tuple(b for b in pods if b.node == first)),
+        LabService("web-local", vip + 12, 80, 30081, True, tuple(b for b in pods if b.node == first), 30090),
     )
 
 
@@ -99,6 +110,8 @@ def manifests(services: tuple[LabService, ...]) -> dict[str, Any]:
         if svc.node_port is not None:
             port["nodePort"] = svc.node_port
             spec["externalTrafficPolicy"] = "Local" if svc.local else "Cluster"
+        if svc.health_check_node_port is not None:
+            spec["healthCheckNodePort"] = svc.health_check_node_port
         items.append({"apiVersion": "v1", "kind": "Service",
                       "metadata": {"name": svc.name, "namespace": NAMESPACE}, "spec": spec})
         items.append({

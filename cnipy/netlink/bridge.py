@@ -35,29 +35,35 @@ def ensure_bridge(netns: str | None, name: str, *, mtu: int = 0, vlan_filtering:
     A link of that name that is not a bridge is WrongKind. The bridge is left down; see `set_link_up`.
     """
     with ipr(netns) as sock:
-        kw: dict[str, Any] = {"ifname": name, "kind": "bridge"}
-        if mtu:
-            kw["mtu"] = mtu
-        if vlan_filtering:
-            kw["br_vlan_filtering"] = 1
-        try:
-            with guarded(f"create bridge {name}"):
-                sock.link("add", **kw)
-        except AlreadyExists:
-            pass  # made by us earlier or by a concurrent ADD: take it as it is
-        with guarded(f"get bridge {name}"):
-            info = _info(link_by_name(sock, name))
+        try:  # the common case, every ADD but a node's first: it is there (one request, not a failed add too)
+            with guarded(f"get bridge {name}"):
+                info = _info(link_by_name(sock, name))
+        except InterfaceNotFound:
+            kw: dict[str, Any] = {"ifname": name, "kind": "bridge"}
+            if mtu:
+                kw["mtu"] = mtu
+            if vlan_filtering:
+                kw["br_vlan_filtering"] = 1
+            try:
+                with guarded(f"create bridge {name}"):
+                    sock.link("add", **kw)
+            except AlreadyExists:
+                pass  # made by a concurrent ADD meanwhile: take it as it is
+            with guarded(f"get bridge {name}"):
+                info = _info(link_by_name(sock, name))
     if info.kind != "bridge":
         raise WrongKind(f"{name!r} already exists but is not a bridge (it is {info.kind or 'a device'})",
                         E.EEXIST)
     return info
 
 
-def set_master(netns: str | None, port: str, bridge: str | None) -> None:
-    """Enslave `port` to `bridge` (None: release it)."""
+def set_master(netns: str | None, port: str, bridge: str | None, *, up: bool = False) -> None:
+    """Enslave `port` to `bridge` (None: release it); with `up`, also set it up in the same request (the kernel
+    applies the master first, as two separate requests would)."""
     with ipr(netns) as sock, guarded(f"set master of {port} to {bridge}"):
         master = link_index(sock, bridge) if bridge else 0
-        sock.link("set", index=link_index(sock, port), master=master)
+        kw: dict[str, Any] = {"state": "up"} if up else {}
+        sock.link("set", index=link_index(sock, port), master=master, **kw)
 
 
 def set_port_options(netns: str | None, port: str, *, hairpin: bool | None = None,

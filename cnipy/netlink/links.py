@@ -11,9 +11,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from cnipy.netlink import route
 from cnipy.netlink.errors import AlreadyExists, InterfaceNotFound, WrongKind
 from cnipy.netlink.ns import open_netns
-from cnipy.netlink import route
 from cnipy.netlink.route import guarded, ipr, link_by_name, link_index
 
 IFF_UP = 0x1

@@ -34,7 +34,10 @@ if TYPE_CHECKING:
 
 ABOUT = "CNI cnipy-bridge plugin"
 DEFAULT_BRIDGE = "cni0"
-PORT_UP_WAITS_MS = (0, 50, 500, 1000, 1000)  # the reference's retries for the port to come up
+# How long the host port may take to come up: what the reference's retries (0, 50, 500, 1000, 1000 ms) add up to.
+# We look more often (the look is one ioctl), so a port that is up after 2 ms is not waited for 50 or 500.
+PORT_UP_TIMEOUT = 2.55
+PORT_UP_POLL = (0.001, 0.1)  # first and longest pause between looks
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
@@ -124,9 +127,9 @@ def cmd_add(req: Request) -> Result:
     from cnipy import netlink
 
     conf = BridgeConf.parse(req)
-    _require_new_interface(req)
     att = Attachment(conf.network, req.ifname, req.container_id)
-    with ExitStack() as undo, kernel("bridge ADD"):
+    with netlink.session(), ExitStack() as undo, kernel("bridge ADD"):
+        _require_new_interface(req)
         allocated = ipam.add(undo, req) if conf.layer3 else None
         br = _setup_bridge(conf)
         veth = _setup_veth(undo, req, conf)
@@ -151,8 +154,8 @@ def cmd_add(req: Request) -> Result:
         if not conf.disable_container_interface:
             _wait_port_up(veth.host)
         # MACs may change as ports join the bridge: report what is there now.
-        interfaces[0] = Interface(br.name, netlink.get_link(None, br.name).mac)
-        interfaces[1] = Interface(veth.host, netlink.get_link(None, veth.host).mac)
+        interfaces[0] = Interface(br.name, netlink.link_mac(None, br.name))
+        interfaces[1] = Interface(veth.host, netlink.link_mac(None, veth.host))
         result = replace(result, interfaces=tuple(interfaces))
         undo.pop_all()
     return result
@@ -207,8 +210,7 @@ def _attach_port(conf: BridgeConf, port: str, vlan: int, trunk: Sequence[int], h
 
     with contextlib.suppress(netlink.NetlinkError):
         netlink.write_sysctl(None, f"net/ipv6/conf/{port}/accept_ra", "0")
-    netlink.set_master(None, port, conf.bridge)
-    netlink.set_link_up(None, port)
+    netlink.set_master(None, port, conf.bridge, up=True)
     if hairpin or isolated:
         netlink.set_port_options(None, port, hairpin=hairpin, isolated=isolated)
     if (vlan or trunk) and not conf.preserve_default_vlan:
@@ -247,9 +249,8 @@ def _container_side(req: Request, conf: BridgeConf, ips: Sequence[IPConfig], rou
                f"net/ipv6/conf/{req.ifname}/accept_dad": "1" if conf.enable_dad else "0"}
     if conf.enable_dad:
         sysctls[f"net/ipv6/conf/{req.ifname}/enhanced_dad"] = "1"
-    for key, value in sysctls.items():
-        with contextlib.suppress(netlink.NetlinkError):  # IPv6 may be off in the pod: as the reference
-            netlink.write_sysctl(req.netns, key, value)
+    with contextlib.suppress(netlink.NetlinkError):  # IPv6 may be off in the pod: as the reference
+        netlink.write_sysctls(req.netns, sysctls)
     container.configure(req.netns, req.ifname, ips, routes)
 
 
@@ -304,12 +305,16 @@ def _ensure_gateway_address(dev: str, gw: IPInterface, force: bool) -> None:
 def _wait_port_up(port: str) -> None:
     from cnipy import netlink
 
-    for delay in PORT_UP_WAITS_MS:
-        time.sleep(delay / 1000)
-        state = netlink.get_link(None, port).oper_state
-        if state == "UP":
-            return
-    raise KernelError(f"bridge port {port} in error state: {state}")
+    deadline = time.monotonic() + PORT_UP_TIMEOUT
+    delay = PORT_UP_POLL[0]
+    while not netlink.link_running(None, port):
+        if time.monotonic() >= deadline:
+            state = netlink.get_link(None, port).oper_state  # the full link message only to name the state
+            if state == "UP":
+                return
+            raise KernelError(f"bridge port {port} in error state: {state}")
+        time.sleep(delay)
+        delay = min(2 * delay, PORT_UP_POLL[1])
 
 
 

@@ -12,6 +12,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from socket import inet_ntoa
+from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
 from cnipy.proxy.model import (
@@ -98,93 +99,101 @@ def port_name(svc: Service, sp: ServicePort) -> str:
     return f"{svc.key}:{sp.name}" if sp.name else str(svc.key)
 
 
-def _usable(candidates: Sequence[tuple[Endpoint, Backend]]) -> tuple[Backend, ...]:
-    """Ready endpoints, else serving-and-terminating ones; sorted by address and port, duplicates dropped
-    (sorted on integer keys: IPv4Address hashing and comparison are slow Python code, 100k per full sync)."""
-    ready = [b for e, b in candidates if e.ready]
+# A candidate endpoint: (address as int << 16 | port: the sort key), address, port, on this node, endpoint.
+# Plain tuples sorted on one integer: IPv4Address comparison and hashing are slow Python code, and a full
+# sync of 10k services handles 100k endpoints.
+_Row = tuple[int, IPv4Address, int, bool, Endpoint]
+_SORT_KEY = itemgetter(0)
+_new_backend = tuple.__new__  # Backend(...) without NamedTuple's Python-level __new__
+
+
+def _usable(rows: list[_Row]) -> tuple[Backend, ...]:
+    """Ready endpoints, else serving-and-terminating ones; sorted by address and port, duplicates dropped."""
+    ready = [r for r in rows if r[4].ready]
     if not ready:  # terminating-endpoint fallback: still serving, but going away
-        ready = [b for e, b in candidates if e.serving and e.terminating]
-    keyed = sorted((int(b.ip), b.port, i) for i, b in enumerate(ready))
-    out = []
-    last = None
-    for ip, port, i in keyed:
-        if (ip, port) != last:
-            out.append(ready[i])
-            last = (ip, port)
-    return tuple(out)
+        ready = [r for r in rows if r[4].serving and r[4].terminating]
+    ready.sort(key=_SORT_KEY)  # stable: of duplicates, the first listed wins
+    if len({r[0] for r in ready}) < len(ready):
+        last = -1
+        ready = [r for r in ready if r[0] != last and (last := r[0]) >= 0]
+    return tuple([_new_backend(Backend, (ip, port, local)) for _, ip, port, local, _ in ready])
 
 
-def _by_hints(candidates: list[tuple[Endpoint, Backend]], zone: str | None) -> list[tuple[Endpoint, Backend]]:
+def _by_hints(rows: list[_Row], zone: str) -> list[_Row]:
     """Topology-aware routing, as kube-proxy does it: when every ready endpoint carries zone hints and some
     are meant for this node's zone, cluster-wide traffic goes only to those; otherwise hints are ignored."""
-    if zone is None:
-        return candidates
-    ready = [(e, b) for e, b in candidates if e.ready]
-    if not ready or any(not e.hint_zones for e, _ in ready):
-        return candidates
-    mine = [(e, b) for e, b in ready if zone in e.hint_zones]
-    return mine or candidates
+    ready = [r for r in rows if r[4].ready]
+    if not ready or any(not r[4].hint_zones for r in ready):
+        return rows
+    mine = [r for r in ready if zone in r[4].hint_zones]
+    return mine or rows
 
 
-def _endpoints_for(sp: ServicePort, slices: Iterable[EndpointSlice], node: str) -> list[tuple[Endpoint, Backend]]:
-    out = []
+def _endpoints_for(sp: ServicePort, slices: Iterable[EndpointSlice], node: str) -> list[_Row]:
+    out: list[_Row] = []
     for sl in slices:
         if sl.address_type != "IPv4":
             continue
-        port = next((p.port for p in sl.ports if p.name == sp.name and p.protocol is sp.protocol), None)
-        if port is None:
-            continue
-        for ep in sl.endpoints:
-            ip = ep.addresses[0]
-            if isinstance(ip, IPv4Address):
-                out.append((ep, Backend(ip, port, local=ep.node_name == node)))
+        for p in sl.ports:
+            if p.name == sp.name and p.protocol is sp.protocol:
+                port = p.port
+                out += [(int(ip) << 16 | port, ip, port, ep.node_name == node, ep)
+                        for ep in sl.endpoints if isinstance(ip := ep.addresses[0], IPv4Address)]
+                break
     return out
 
 
 def _v4(addrs: Iterable[object]) -> tuple[IPv4Address, ...]:
-    return tuple(a for a in addrs if isinstance(a, IPv4Address))
+    return tuple([a for a in addrs if isinstance(a, IPv4Address)]) if addrs else ()
 
 
 def plan_service(svc: Service, slices: Iterable[EndpointSlice], config: NodeConfig) -> tuple[PortPlan, ...]:
     cluster_ips = _v4(svc.cluster_ips)
     if not cluster_ips:
         return ()
-    slices = tuple(slices)
+    etp_local = svc.external_traffic_policy is TrafficPolicy.LOCAL
+    common = {
+        "cluster_ips": cluster_ips,
+        "external_ips": _v4(svc.external_ips),
+        "load_balancer_ips": _v4(svc.load_balancer_ips),
+        "source_ranges": tuple([n for n in svc.load_balancer_source_ranges if isinstance(n, IPv4Network)]),
+        "affinity_timeout": svc.affinity_timeout,
+        "internal_local": svc.internal_traffic_policy is TrafficPolicy.LOCAL,
+        "external_local": etp_local and svc.is_external,
+        "health_check_node_port": svc.health_check_node_port if etp_local else None,
+    }
+    key = str(svc.key)
+    node, zone = config.node_name, config.zone
     out = []
     for sp in svc.ports:
-        cands = _endpoints_for(sp, slices, config.node_name)
-        local = [(e, b) for e, b in cands if b.local]
+        rows = _endpoints_for(sp, slices, node)
+        local = [r for r in rows if r[3]]
         out.append(PortPlan(
-            name=port_name(svc, sp),
+            name=f"{key}:{sp.name}" if sp.name else key,
             protocol=sp.protocol,
             port=sp.port,
-            cluster_ips=cluster_ips,
             node_port=sp.node_port,
-            external_ips=_v4(svc.external_ips),
-            load_balancer_ips=_v4(svc.load_balancer_ips),
-            source_ranges=tuple(n for n in svc.load_balancer_source_ranges if isinstance(n, IPv4Network)),
-            affinity_timeout=svc.affinity_timeout,
-            internal_local=svc.internal_traffic_policy is TrafficPolicy.LOCAL,
-            external_local=svc.external_traffic_policy is TrafficPolicy.LOCAL and svc.is_external,
-            all_backends=_usable(_by_hints(cands, config.zone)),
-            local_backends=_usable(local),
-            health_check_node_port=svc.health_check_node_port
-            if svc.external_traffic_policy is TrafficPolicy.LOCAL else None,
+            all_backends=_usable(rows if zone is None else _by_hints(rows, zone)) if rows else (),
+            local_backends=_usable(local) if local else (),
+            **common,
         ))
     return tuple(out)
 
 
 ServicePlans = Mapping[ServiceKey, tuple[PortPlan, ...]]
+_KEY_ORDER = attrgetter("namespace", "name")
 
 
 def build_plans(state: ClusterState, config: NodeConfig,
                 keys: AbstractSet[ServiceKey] | None = None) -> dict[ServiceKey, tuple[PortPlan, ...]]:
     """Plans for ``keys`` (all services when None); a key whose service is gone maps to ()."""
-    wanted = sorted(state.services) if keys is None else sorted(keys)
+    # Sorted on (namespace, name) tuples: ServiceKey's own ordering is Python code, slow for 10k keys.
+    wanted = sorted(state.services if keys is None else keys, key=_KEY_ORDER)
+    services, slices = state.services, state.slices
     out = {}
     for key in wanted:
-        svc = state.services.get(key)
-        out[key] = () if svc is None else plan_service(svc, state.slices.get(key, ()), config)
+        svc = services.get(key)
+        out[key] = () if svc is None else plan_service(svc, slices.get(key, ()), config)
     return out
 
 

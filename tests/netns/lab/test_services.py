@@ -5,9 +5,11 @@ Each test brings up its own lab (a unique `cns` name); the `lab_name` fixture re
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ import pytest
 from cnipy.lab import LabSpec, check, down, procs, services, status, up
 from cnipy.lab.connectivity import CLIENT_LOCAL, CLIENT_NODEPORT, POD_CLUSTERIP, SERVICE_KINDS, exchange, serving
 from cnipy.lab.errors import ServicesNotReady
+from cnipy.netlink.ns import call_in
 from tests.conftest import need
 from tests.netns.lab.conftest import PLUGINS, HostSnapshot, leftovers, root_for
 
@@ -51,6 +54,20 @@ def answers(src_netns: str, ip: IPv4Address, port: int, count: int, timeout: flo
             continue
         seen[f"{reply.netns} {reply.peer}"] += 1
     return seen
+
+
+def health_check(netns: str, ip: IPv4Address, port: int) -> tuple[int, int]:
+    """(HTTP status, localEndpoints) of GET / on a healthCheckNodePort, from inside `netns`."""
+    sock = call_in(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    with sock:
+        sock.settimeout(2.0)
+        sock.connect((str(ip), port))
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), int(json.loads(body)["localEndpoints"])
 
 
 @pytest.mark.parametrize(("mode", "segments"), [("nftables", 1), ("iptables", 2)])
@@ -92,6 +109,10 @@ def test_services_reach_every_endpoint_from_every_node_and_down_removes_the_prox
         assert set(seen) == local, seen
         for node in (n2, n3):
             assert answers(client.netns, node.underlay_ip.ip, web_local.node_port, 1, 1.0) == {"-": 1}
+    # What a load balancer asks each node: its healthCheckNodePort says whether it has local endpoints.
+    assert web_local.health_check_node_port is not None
+    assert [health_check(client.netns, n.underlay_ip.ip, web_local.health_check_node_port) for n in lab.nodes] \
+        == [(200, len(web_local.backends)), (503, 0), (503, 0)]
 
     if mode == "nftables":  # the CLI shows the Services' rows and the spread, and passes
         env = dict(os.environ, CNIPY_LAB_STATE_ROOT=str(state_root))
@@ -123,3 +144,16 @@ def test_a_proxy_that_fails_is_named_and_check_fails_only_its_probes(
     assert matrix.failures and {o.probe.kind for o in matrix.failures} <= {POD_CLUSTERIP, CLIENT_NODEPORT,
                                                                            CLIENT_LOCAL}
     assert all(o.ok for o in matrix.outcomes if o.probe.kind not in SERVICE_KINDS)
+
+
+def test_up_again_restarts_a_proxy_that_stopped(lab_name: str, state_root: Path) -> None:
+    need("nft")
+    lab = up(spec(lab_name, state_root, nodes=2, pods_per_node=1, services="nftables"))
+    old = procs.recorded(lab)["proxy-n2"]
+    assert procs.kill_all([old]) == []
+    assert "proxy-n2" not in procs.recorded(lab)
+    up(spec(lab_name, state_root, nodes=2, pods_per_node=1, services="nftables"))
+    assert procs.recorded(lab)["proxy-n2"] != old
+    health = services.healthz(lab.nodes[1])
+    assert health is not None and health["healthy"]
+    assert check(lab).ok

@@ -63,6 +63,7 @@ def test_manifests_load_in_the_proxy_as_written(tmp_path: Path) -> None:
     assert {b.port for b in plans["web"].all_backends} == {PROBE_PORT}
     assert plans["web-np"].node_port == 30080 and len(plans["web-np"].local_backends) == 2
     assert plans["web-local"].external_local and plans["web-local"].local_backends == ()
+    assert plans["web-local"].health_check_node_port == 30090
 
 
 def test_proxy_argv_runs_the_proxy_for_its_node(tmp_path: Path) -> None:
