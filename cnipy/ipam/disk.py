@@ -134,12 +134,17 @@ class DiskStore:
         return True
 
     def _write_last(self, range_id: int, name: str) -> None:
+        """Overwrite in place, then cut to length. Not O_TRUNC: on ext4 truncating a file to zero and rewriting
+        it forces block allocation at close (~0.2 ms, measured), under the lock every ADD holds. A crash between
+        the two steps leaves an unusable or stale address here, which costs round robin once, as a crash during
+        the reference's truncating write does."""
         fname = f"{LAST_IP_PREFIX}{range_id}"
+        data = name.encode()
         try:
-            fd = os.open(fname, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=self._dir_fd)
+            fd = os.open(fname, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self._dir_fd)
             try:
-                _write_all(fd, name.encode())
+                _write_all(fd, data)
+                os.ftruncate(fd, len(data))
             finally:
                 os.close(fd)
         except OSError as exc:

@@ -13,6 +13,7 @@ filter: KUBE-SERVICES / KUBE-EXTERNAL-SERVICES reject services without endpoints
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 
 from cnipy.proxy.iptables import names as n
 from cnipy.proxy.plan import Backend, NodeConfig, PortPlan, ipv4_text
@@ -78,13 +79,25 @@ def base_rules(cfg: NodeConfig) -> dict[tuple[str, str], list[str]]:
     }
 
 
+LOOPBACK = IPv4Network("127.0.0.0/8")
+
+
 def nodeports_jumps(cfg: NodeConfig) -> list[str]:
     comment = '-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain"'
     not_lo = "" if cfg.localhost_nodeports else " ! -d 127.0.0.0/8"
-    if cfg.node_port_addresses:
-        return [f"-A {n.KUBE_SERVICES} {comment} -d {net}{not_lo} -j {n.KUBE_NODEPORTS}"
-                for net in cfg.node_port_addresses]
-    return [f"-A {n.KUBE_SERVICES} {comment} -m addrtype --dst-type LOCAL{not_lo} -j {n.KUBE_NODEPORTS}"]
+    every_local = f"-A {n.KUBE_SERVICES} {comment} -m addrtype --dst-type LOCAL{not_lo} -j {n.KUBE_NODEPORTS}"
+    if not cfg.node_port_addresses:
+        return [every_local]
+    rules: list[str] = []
+    for net in cfg.node_port_addresses:
+        if not net.overlaps(LOOPBACK):
+            rules.append(f"-A {n.KUBE_SERVICES} {comment} -d {net} -j {n.KUBE_NODEPORTS}")
+        elif net.subnet_of(LOOPBACK):
+            if cfg.localhost_nodeports:  # loopback NodePorts only when asked for (CVE-2020-8558)
+                rules.append(f"-A {n.KUBE_SERVICES} {comment} -d {net} -j {n.KUBE_NODEPORTS}")
+        elif every_local not in rules:  # a range wider than 127/8 (0.0.0.0/0): every local address
+            rules.append(every_local)
+    return rules
 
 
 def _balance(c: IptContribution, chain: str, p: PortPlan, backends: tuple[Backend, ...], proto: str,

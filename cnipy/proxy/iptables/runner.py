@@ -155,6 +155,10 @@ class FakeIptables:
                 op, chain, rest = args[0], args[1], tuple(args[2:])
                 if chain not in table:
                     raise FakeApplyError("ENOENT", f"{where}: no chain {chain}")
+                repeated = _repeated_base_option(rest)
+                if repeated:
+                    # iptables: "multiple -d flags not allowed" (each base match once per rule)
+                    raise FakeApplyError("EINVAL", f"{where}: multiple {repeated} flags not allowed")
                 if op == "-A":
                     target = _target(rest)
                     if target and target not in BUILTIN_TARGETS and target not in table:
@@ -231,3 +235,13 @@ class FakeIptables:
                 out += ["-A " + c + " " + " ".join(shlex.quote(a) for a in r) for r in chains[c]]
             out.append("COMMIT")
         return "\n".join(out) + "\n"
+
+
+_BASE_OPTIONS = ("-s", "-d", "-p", "-i", "-o", "-j")
+
+
+def _repeated_base_option(rule: tuple[str, ...]) -> str | None:
+    for opt in _BASE_OPTIONS:
+        if rule.count(opt) > 1:
+            return opt
+    return None

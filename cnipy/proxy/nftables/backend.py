@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
 
 from cnipy.proxy.model import ServiceKey
 from cnipy.proxy.nftables.render import (
     SETS,
-    Contribution,
+    ElementText,
     affinity_objects,
     base_chains,
     contribution,
@@ -20,7 +19,6 @@ from cnipy.proxy.nftables.runner import NftInterface
 from cnipy.proxy.nftables.transaction import (
     Chain,
     Element,
-    Elements,
     Object,
     Rule,
     Set,
@@ -34,18 +32,6 @@ from cnipy.proxy.sync import SyncResult
 CANARY_CHAIN = "nat-prerouting"
 # A sentinel no packet matches (port 0): if it is gone, someone flushed our maps; "continue" does nothing.
 CANARY_ELEMENT = ("service-ips", "0.0.0.0 . tcp . 0", "continue")
-_BATCH = 256  # services per streamed batch of elements
-
-
-@dataclass
-class _FullBuild:
-    """What a full sync builds while streaming; becomes the proxier's state once nft accepted it."""
-
-    owned: dict[ServiceKey, Contribution] = field(default_factory=dict)
-    hairpin: Counter[str] = field(default_factory=Counter)
-    chain_refs: Counter[str] = field(default_factory=Counter)
-    aux: dict[str, int] = field(default_factory=dict)
-    elements: int = 0
 
 
 class NftablesProxier:
@@ -54,13 +40,14 @@ class NftablesProxier:
     def __init__(self, nft: NftInterface, config: NodeConfig) -> None:
         self.nft = nft
         self.config = config
-        self.owned: dict[ServiceKey, Contribution] = {}
+        # What is in force, for partial syncs: the plans of every service with ports (a service's elements
+        # are re-derived from its plans when it changes), and reference counts of what services share.
+        self.applied: dict[ServiceKey, tuple[PortPlan, ...]] = {}
         self.hairpin: Counter[str] = Counter()
         self.chain_refs: Counter[str] = Counter()
         self.aux: dict[str, int] = {}  # affinity sets and slot chains in the table -> their rule counts
         self.synced = False
         self.elements = 0
-        self.rendered: dict[ServiceKey, tuple[PortPlan, ...]] = {}  # the plans ``owned`` was built from
 
     def _tx(self) -> Transaction:
         return Transaction(self.nft.family, self.nft.table)
@@ -84,36 +71,35 @@ class NftablesProxier:
             for r in rules:
                 tx.add(Rule(chain.name, r))
         tx.add(Element(*CANARY_ELEMENT))
-        built = _FullBuild()
-        tx.stream(self._full_ops(plans, built))  # produced while nft parses what came before
+        # Every service's elements as text, counting the dispatch chains and hairpin entries services share.
+        text = ElementText()
+        hairpin: Counter[str] = Counter()
+        refs: dict[str, int] = {}
+        applied = {}
+        for key, ports in plans.items():
+            if not ports:
+                continue
+            applied[key] = ports
+            text.start()
+            for p in ports:
+                text.port(p)
+            for name in text.chains:
+                refs[name] = refs.get(name, 0) + 1
+            if text.hairpin:
+                hairpin.update(text.hairpin)
+        aux: dict[str, int] = {}
+        for name in refs:  # before the elements that jump to them
+            for _, obj in self._add_dispatch(name, aux):
+                tx.add(obj)
+        for set_name, items in text.text.items():
+            tx.add(ElementText(set_name, items))
+        if hairpin:
+            tx.add(ElementText("hairpin", list(hairpin)))
         self.nft.run(tx)
-        self.owned, self.hairpin, self.chain_refs, self.synced = built.owned, built.hairpin, built.chain_refs, True
-        self.aux = built.aux
-        self.rendered = {key: ports for key, ports in plans.items() if ports}
-        self.elements = built.elements + 1  # and the canary
+        self.applied, self.hairpin, self.chain_refs, self.aux = applied, hairpin, Counter(refs), aux
+        self.synced = True
+        self.elements = sum(map(len, text.text.values())) + len(hairpin) + 1  # and the canary
         return SyncResult(full=True, operations=len(tx), rules=self.rule_count(), elements=self.elements)
-
-    def _full_ops(self, plans: ServicePlans, built: _FullBuild) -> Iterator[tuple[Verb, Object]]:
-        items = [(key, ports) for key, ports in plans.items() if ports]
-        for start in range(0, len(items), _BATCH):
-            batch: dict[str, list[tuple[str, str | None]]] = {}
-            for key, ports in items[start:start + _BATCH]:
-                # A periodic or repairing full sync reuses what it rendered for plans that did not change.
-                c = self.owned[key] if self.rendered.get(key) is ports else contribution(ports)
-                built.owned[key] = c
-                built.hairpin.update(c.hairpin)
-                for name in c.chains:
-                    if name not in built.chain_refs:  # a dispatch chain must exist before elements jump to it
-                        yield from self._add_dispatch(name, built.aux)
-                built.chain_refs.update(c.chains)
-                for set_name, owned_elems in c.elements.items():
-                    batch.setdefault(set_name, []).extend(owned_elems.items())
-            for set_name, elems in batch.items():
-                built.elements += len(elems)
-                yield Verb.ADD, Elements(set_name, tuple(elems))
-        if built.hairpin:
-            built.elements += len(built.hairpin)
-            yield Verb.ADD, Elements("hairpin", tuple((k, None) for k in built.hairpin))
 
     def _add_dispatch(self, name: str, aux: dict[str, int]) -> Iterator[tuple[Verb, Object]]:
         """A dispatch chain, after the affinity sets and slot chains it uses (added once, shared, kept until
@@ -135,12 +121,13 @@ class NftablesProxier:
 
     def _partial(self, plans: ServicePlans, changed: AbstractSet[ServiceKey]) -> SyncResult:
         new_owned = {key: contribution(plans.get(key, ())) for key in changed}
+        old_owned = {key: contribution(self.applied.get(key, ())) for key in changed}
         dels: dict[str, list[str]] = {}
         adds: dict[str, list[tuple[str, str | None]]] = {}
         hairpin_delta: Counter[str] = Counter()
         chain_delta: Counter[str] = Counter()
         for key, new in new_owned.items():
-            old = self.owned.get(key, Contribution())
+            old = old_owned[key]
             for set_name in set(old.elements) | set(new.elements):
                 before, after = old.elements.get(set_name, {}), new.elements.get(set_name, {})
                 for k, v in before.items():
@@ -187,13 +174,11 @@ class NftablesProxier:
             del aux[name]
         if len(tx):
             self.nft.run(tx)
-        for key, new in new_owned.items():
-            if new.elements or new.chains or new.hairpin:
-                self.owned[key] = new
-                self.rendered[key] = plans[key]
+        for key in changed:
+            if plans.get(key):
+                self.applied[key] = plans[key]
             else:
-                self.owned.pop(key, None)
-                self.rendered.pop(key, None)
+                self.applied.pop(key, None)
         self.aux = aux
         _apply_delta(self.hairpin, hairpin_delta)
         _apply_delta(self.chain_refs, chain_delta)
@@ -219,9 +204,8 @@ class NftablesProxier:
         tx.add(Table())
         tx.delete(Table())
         self.nft.run(tx)
-        self.owned, self.hairpin, self.chain_refs, self.synced = {}, Counter(), Counter(), False
+        self.applied, self.hairpin, self.chain_refs, self.synced = {}, Counter(), Counter(), False
         self.aux = {}
-        self.rendered = {}
 
 
 def _apply_delta(counts: Counter[str], delta: Counter[str]) -> None:

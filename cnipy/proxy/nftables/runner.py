@@ -12,7 +12,17 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cnipy.proxy.errors import ApplyError, FakeApplyError
-from cnipy.proxy.nftables.transaction import Chain, Element, Elements, Rule, Set, Table, Transaction, Verb
+from cnipy.proxy.nftables.transaction import (
+    Chain,
+    Element,
+    Elements,
+    ElementText,
+    Rule,
+    Set,
+    Table,
+    Transaction,
+    Verb,
+)
 
 
 class NftInterface(Protocol):
@@ -182,6 +192,9 @@ class FakeNft:
                 self._elements(t, verb, obj.set, ((obj.key, obj.value),))
             case Elements():
                 self._elements(t, verb, obj.set, obj.items)
+            case ElementText():
+                parsed = [item.partition(" : ") for item in obj.items]
+                self._elements(t, verb, obj.set, [(k, v if sep else None) for k, sep, v in parsed])
         return t
 
     def _chain(self, t: _Table, verb: Verb, obj: Chain) -> None:

@@ -7,7 +7,7 @@ malformed name or rule fails at the call site rather than inside ``nft``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -78,7 +78,16 @@ class Elements:
     items: tuple[tuple[str, str | None], ...]
 
 
-Object = Table | Chain | Rule | Set | Element | Elements
+@dataclass(frozen=True)
+class ElementText:
+    """Many elements of one set already rendered as nft element text ("key" or "key : value"): what a full sync
+    queues, so 100k elements cost neither a tuple each nor a second formatting pass."""
+
+    set: str
+    items: Sequence[str]
+
+
+Object = Table | Chain | Rule | Set | Element | Elements | ElementText
 
 
 def _check_name(name: str) -> None:
@@ -104,20 +113,19 @@ def validate(verb: Verb, obj: Object) -> None:
             _check_name(obj.set)
             if any(not k or "\n" in k or (v is not None and "\n" in v) for k, v in obj.items):
                 raise ValueError(f"elements of {obj.set}: empty or multi-line key or value")
+        case ElementText():
+            _check_name(obj.set)
+            if "" in obj.items or "\n" in "".join(obj.items):  # both scans run in C
+                raise ValueError(f"elements of {obj.set}: empty or multi-line element")
 
 
 class Transaction:
-    """Queued operations on one table, applied all-or-nothing.
-
-    ``stream`` appends operations produced lazily: the real runner renders and pipes them to ``nft`` while they
-    are produced (so building a 100k-element sync overlaps nft's parsing); ``nft`` commits only at the end of
-    its input, so an exception while producing still leaves the kernel untouched."""
+    """Queued operations on one table, applied all-or-nothing."""
 
     def __init__(self, family: str, table: str) -> None:
         self.family = family
         self.table = table
         self.ops: list[tuple[Verb, Object]] = []
-        self._tail: list[Iterable[tuple[Verb, Object]]] = []
 
     def add(self, obj: Object) -> None:
         validate(Verb.ADD, obj)
@@ -141,18 +149,8 @@ class Transaction:
         if batch:
             self.delete(Elements(set_name, batch))
 
-    def stream(self, ops: Iterable[tuple[Verb, Object]]) -> None:
-        """Queue operations that are produced (and validated) only when the transaction is run."""
-        self._tail.append(ops)
-
     def iter_ops(self) -> Iterator[tuple[Verb, Object]]:
-        """Every operation in order; streamed ones are validated and kept in ``ops`` as they are produced."""
-        yield from list(self.ops)
-        while self._tail:
-            for verb, obj in self._tail.pop(0):
-                validate(verb, obj)
-                self.ops.append((verb, obj))
-                yield verb, obj
+        return iter(self.ops)
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -179,6 +177,10 @@ class Transaction:
             match obj:
                 case Elements():
                     yield from _element_lines(verb, where, obj.set, obj.items)
+                case ElementText():
+                    for start in range(0, len(obj.items), _CHUNK):
+                        body = ", ".join(obj.items[start:start + _CHUNK])
+                        yield f"{verb} element {where} {obj.set} {{ {body} }}\n"
                 case Table():
                     yield f"{verb} table {where}\n"
                 case Chain():

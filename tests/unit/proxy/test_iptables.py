@@ -121,3 +121,23 @@ def test_repair_detects_flush_and_missing_jumps() -> None:
     proxier.sync(build_plans(state((s, endpoints(s, "10.244.1.2"))), config()), None)
     assert not proxier.needs_repair()
     assert fake.dump() == synced(state((s, endpoints(s, "10.244.1.2"))))[0].dump()
+
+
+@pytest.mark.parametrize("localhost", [False, True])
+def test_node_port_addresses_give_one_destination_per_rule(localhost: bool) -> None:
+    # iptables refuses two -d matches in one rule ("multiple -d flags not allowed"); the fake refuses it too.
+    from ipaddress import IPv4Network
+    s = service("web", "10.96.0.10", type="NodePort", node_port=30080)
+    nets = (IPv4Network("172.31.1.0/24"), IPv4Network("127.0.0.0/8"), IPv4Network("0.0.0.0/0"))
+    fake, _ = synced(state((s, endpoints(s, "10.244.1.2"))), localhost_nodeports=localhost, node_port_addresses=nets)
+    jumps = [r for r in fake.tables["nat"][names.KUBE_SERVICES] if r[-1] == names.KUBE_NODEPORTS]
+    assert all(r.count("-d") <= 1 for r in jumps)
+    dests = [r[r.index("-d") + 1] for r in jumps if "-d" in r and "!" not in r[r.index("-d") - 1:r.index("-d")]]
+    assert "172.31.1.0/24" in dests
+    assert ("127.0.0.0/8" in dests) == localhost
+
+
+def test_fake_refuses_repeated_destination() -> None:
+    fake = FakeIptables()
+    with pytest.raises(FakeApplyError):
+        fake.restore("*nat\n:KUBE-X - [0:0]\n-A KUBE-X -d 10.0.0.0/8 ! -d 127.0.0.0/8 -j RETURN\nCOMMIT\n")
