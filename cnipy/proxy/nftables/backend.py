@@ -20,6 +20,7 @@ from cnipy.proxy.nftables.transaction import (
     Chain,
     Element,
     Object,
+    RenderedElements,
     Rule,
     Set,
     Table,
@@ -92,9 +93,9 @@ class NftablesProxier:
             for _, obj in self._add_dispatch(name, aux):
                 tx.add(obj)
         for set_name, items in text.text.items():
-            tx.add(ElementText(set_name, items))
+            tx.add(RenderedElements(set_name, items))
         if hairpin:
-            tx.add(ElementText("hairpin", list(hairpin)))
+            tx.add(RenderedElements("hairpin", list(hairpin)))
         self.nft.run(tx)
         self.applied, self.hairpin, self.chain_refs, self.aux = applied, hairpin, Counter(refs), aux
         self.synced = True

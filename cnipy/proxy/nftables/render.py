@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from socket import inet_ntoa
 
+from cnipy.proxy.model import Protocol
 from cnipy.proxy.nftables.transaction import Chain, Set
 from cnipy.proxy.plan import Backend, NodeConfig, Plan, PortPlan, ipv4_text
 
@@ -213,6 +214,9 @@ def affinity_objects(name: str) -> tuple[list[Set], list[tuple[Chain, tuple[str,
     return sets, chains
 
 
+_PROTO = {Protocol.TCP: "tcp", Protocol.UDP: "udp", Protocol.SCTP: "sctp"}
+
+
 class _Walk:
     """Turns a service's port plans into the elements they need. Two stores share the walk, so they cannot
     disagree: ``Contribution`` (elements by key, what partial syncs diff) and ``ElementText`` (nft text, what
@@ -230,10 +234,11 @@ class _Walk:
 
     def dest(self, kind: str, proto: str, key: str, mode: str, backends: tuple[Backend, ...],
              cluster: tuple[Backend, ...], affinity: int | None, no_endpoints: str | None) -> None:
-        n, c = len(backends), len(cluster)
-        if n or (mode == "l" and c):
-            name = f"{kind}-{proto}-{mode}-{n}" + (f"-{c}" if mode == "l" else "") + (
-                f"-a{affinity}" if affinity is not None else "")
+        n = len(backends)
+        if n or (mode == "l" and cluster):
+            name = f"{kind}-{proto}-l-{n}-{len(cluster)}" if mode == "l" else f"{kind}-{proto}-{mode}-{n}"
+            if affinity is not None:
+                name = f"{name}-a{affinity}"
             self.chains.add(name)
             self._put("service-ips" if kind == "ip" else "service-nodeports", key, f"goto {name}")
             self._slots(f"{kind}-{proto}-backends", key, backends)
@@ -243,26 +248,27 @@ class _Walk:
             self._put("no-endpoint-services" if kind == "ip" else "no-endpoint-nodeports", key, no_endpoints)
 
     def port(self, p: PortPlan) -> None:
-        proto = p.protocol.value.lower()
+        proto = _PROTO[p.protocol]
         affinity = p.affinity_timeout
-        internal = p.internal_backends
-        no_internal = None if internal else (f"goto {REJECT_CHAIN}" if not p.all_backends else "drop")
+        all_backends, local_backends = p.all_backends, p.local_backends
+        internal = local_backends if p.internal_local else all_backends
+        no_internal = None if internal else (f"goto {REJECT_CHAIN}" if not all_backends else "drop")
         for ip in p.cluster_ips:
             self.dest("ip", proto, f"{ipv4_text(ip)} . {proto} . {p.port}", "c", internal, (), affinity,
                       no_internal)
-        for b in p.local_backends:  # hairpin only happens on the endpoint's own node
+        for b in local_backends:  # hairpin only happens on the endpoint's own node
             self.hairpin.add(f"{ipv4_text(b.ip)} . {ipv4_text(b.ip)}")
-        if not p.has_external:
+        if p.node_port is None and not p.external_ips and not p.load_balancer_ips:
             return
-        external = p.external_backends
-        if not p.all_backends:
+        external = local_backends if p.external_local else all_backends
+        if not all_backends:
             no_external: str | None = f"goto {REJECT_CHAIN}"
         elif not external:
             no_external = f"goto {DROP_EXTERNAL_CHAIN}"
         else:
             no_external = None
         mode = "l" if p.external_local else "x"
-        cluster = p.all_backends if p.external_local else ()
+        cluster = all_backends if p.external_local else ()
         for ip in (*p.external_ips, *p.load_balancer_ips):
             self.dest("ip", proto, f"{ip!s} . {proto} . {p.port}", mode, external, cluster, affinity, no_external)
         if p.source_ranges:
@@ -309,7 +315,8 @@ class ElementText(_Walk):
     def _slots(self, table: str, key: str, backends: tuple[Backend, ...]) -> None:
         # ipv4_text inlined: this line runs once per endpoint.
         self.text.setdefault(table, []).extend([
-            f"{key} . {i} : {inet_ntoa(int(b.ip).to_bytes(4, 'big'))} . {b.port}" for i, b in enumerate(backends)])
+            f"{key} . {i} : {inet_ntoa(int(ip).to_bytes(4, 'big'))} . {port}"
+            for i, (ip, port, _) in enumerate(backends)])
 
 
 def contribution(ports: Sequence[PortPlan]) -> Contribution:

@@ -3,7 +3,9 @@ of an in-memory table and commits only on success, enforcing what the kernel enf
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import re
 import subprocess
 import threading
@@ -16,13 +18,15 @@ from cnipy.proxy.nftables.transaction import (
     Chain,
     Element,
     Elements,
-    ElementText,
+    RenderedElements,
     Rule,
     Set,
     Table,
     Transaction,
     Verb,
 )
+
+_PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size
 
 
 class NftInterface(Protocol):
@@ -53,7 +57,7 @@ class Nft:
         self.run_lines(tx.iter_lines())
 
     def run_lines(self, lines: Iterable[str]) -> None:
-        """Pipe the text to ``nft -f -`` as it is produced; nft commits only once it has read all of it."""
+        """Pipe the text to ``nft -f -``; nft commits only once it has read all of it."""
         argv = [*self.prefix, self.binary, "-f", "-"]
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -61,6 +65,10 @@ class Nft:
         except OSError as exc:
             raise ApplyError(f"nft could not run: {exc}") from exc
         assert proc.stdin is not None and proc.stderr is not None
+        # nft reads all of its input before it parses any: a bigger pipe means fewer round trips between us
+        # and nft (5 MB for 10k services; the default pipe holds 64 kB).
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         errors: list[str] = []
         reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
         reader.start()
@@ -192,7 +200,7 @@ class FakeNft:
                 self._elements(t, verb, obj.set, ((obj.key, obj.value),))
             case Elements():
                 self._elements(t, verb, obj.set, obj.items)
-            case ElementText():
+            case RenderedElements():
                 parsed = [item.partition(" : ") for item in obj.items]
                 self._elements(t, verb, obj.set, [(k, v if sep else None) for k, sep, v in parsed])
         return t

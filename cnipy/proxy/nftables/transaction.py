@@ -79,7 +79,7 @@ class Elements:
 
 
 @dataclass(frozen=True)
-class ElementText:
+class RenderedElements:
     """Many elements of one set already rendered as nft element text ("key" or "key : value"): what a full sync
     queues, so 100k elements cost neither a tuple each nor a second formatting pass."""
 
@@ -87,7 +87,7 @@ class ElementText:
     items: Sequence[str]
 
 
-Object = Table | Chain | Rule | Set | Element | Elements | ElementText
+Object = Table | Chain | Rule | Set | Element | Elements | RenderedElements
 
 
 def _check_name(name: str) -> None:
@@ -113,7 +113,7 @@ def validate(verb: Verb, obj: Object) -> None:
             _check_name(obj.set)
             if any(not k or "\n" in k or (v is not None and "\n" in v) for k, v in obj.items):
                 raise ValueError(f"elements of {obj.set}: empty or multi-line key or value")
-        case ElementText():
+        case RenderedElements():
             _check_name(obj.set)
             if "" in obj.items or "\n" in "".join(obj.items):  # both scans run in C
                 raise ValueError(f"elements of {obj.set}: empty or multi-line element")
@@ -177,7 +177,7 @@ class Transaction:
             match obj:
                 case Elements():
                     yield from _element_lines(verb, where, obj.set, obj.items)
-                case ElementText():
+                case RenderedElements():
                     for start in range(0, len(obj.items), _CHUNK):
                         body = ", ".join(obj.items[start:start + _CHUNK])
                         yield f"{verb} element {where} {obj.set} {{ {body} }}\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+import time
 
 import pytest
 
@@ -94,3 +95,38 @@ def test_ensure_bridge_is_race_free(pair: tuple[N.Netns, N.Netns]) -> None:
     node.run("ip", "link", "add", "cnbdummy", "type", "veth", "peer", "name", "cnbdummy2")
     with pytest.raises(netlink.WrongKind):
         netlink.ensure_bridge(node.name, "cnbdummy")
+
+
+def test_session_reuses_one_socket_per_namespace(pair: tuple[N.Netns, N.Netns]) -> None:
+    from cnipy.netlink.route import ipr
+
+    node, pod = pair
+    with netlink.session():
+        with ipr(node.name) as a, ipr(node.name) as b, ipr(pod.name) as c:
+            assert a is b and a is not c
+        with netlink.session(), ipr(node.name) as inner:  # nested: the outer session's socket
+            assert inner is a
+    assert a.closed and c.closed
+    with ipr(node.name) as d, ipr(node.name) as e:
+        assert d is not e
+
+
+def test_mac_and_running_by_ioctl_agree_with_the_link_message(pair: tuple[N.Netns, N.Netns]) -> None:
+    node, pod = pair
+    veth = netlink.create_veth(node.name, pod.name, "eth0", peer_mac="02:00:00:00:00:2b")
+    assert veth.peer_mac == "02:00:00:00:00:2b" == netlink.get_link(pod.name, "eth0").mac
+    assert netlink.link_mac(node.name, veth.host) == netlink.get_link(node.name, veth.host).mac == veth.host_mac
+    assert not netlink.link_running(node.name, veth.host)
+    netlink.set_link_up(node.name, veth.host)
+    netlink.set_link_up(pod.name, "eth0")
+    for _ in range(200):
+        if netlink.link_running(node.name, veth.host):
+            break
+        time.sleep(0.01)
+    assert netlink.get_link(node.name, veth.host).oper_state == "UP"
+    with pytest.raises(netlink.InterfaceNotFound):
+        netlink.link_mac(node.name, "cnbnothere")
+    assert netlink.write_sysctls(pod.name, {"net/ipv4/conf/eth0/arp_notify": "1",
+                                            "net/ipv4/conf/nothere/arp_notify": "1"}).keys() == {
+        "net/ipv4/conf/nothere/arp_notify"}
+    assert netlink.read_sysctl(pod.name, "net/ipv4/conf/eth0/arp_notify") == "1"

@@ -33,6 +33,15 @@ def test_layout_and_bytes(tmp_path: Path) -> None:
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
 
 
+def test_last_reserved_is_rewritten_whole_when_shorter(tmp_path: Path) -> None:
+    """It is overwritten in place and cut to length (no O_TRUNC): nothing of a longer old address remains."""
+    with DiskStore.create(str(tmp_path), "n") as s, s.locked():
+        assert s.reserve(Owner("a", "eth0"), ip("10.0.0.100"), 0)
+        assert s.reserve(Owner("b", "eth0"), ip("10.0.0.9"), 0)
+        assert s.last_reserved(0) == ip("10.0.0.9")
+    assert (tmp_path / "n" / "last_reserved_ip.0").read_bytes() == b"10.0.0.9"
+
+
 def test_reads_what_others_wrote(tmp_path: Path) -> None:
     d = tmp_path / "n"
     d.mkdir()

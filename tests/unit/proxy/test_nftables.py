@@ -10,7 +10,7 @@ from cnipy.proxy.errors import ApplyError, FakeApplyError
 from cnipy.proxy.model import ClusterState, ServiceKey
 from cnipy.proxy.nftables.backend import NftablesProxier
 from cnipy.proxy.nftables.runner import FakeNft
-from cnipy.proxy.nftables.transaction import Chain, Element, Rule, Set, Table, Transaction
+from cnipy.proxy.nftables.transaction import Chain, Element, RenderedElements, Rule, Set, Table, Transaction
 from cnipy.proxy.plan import build_plans, changed_services
 from tests.unit.proxy.builders import config, endpoints, scale_state, service, state
 from tests.unit.proxy.goldens import check_golden
@@ -56,6 +56,22 @@ def test_transaction_render() -> None:
         tx.add(Chain("bad name"))
     with pytest.raises(ValueError):
         tx.add(Rule("c", "a\nb"))
+
+
+def test_rendered_elements() -> None:
+    # What a full sync queues: element text, rendered as is, parsed back into keys and values by the fake.
+    tx = Transaction("ip", "cnipy")
+    tx.add(Table())
+    tx.add(Chain("c"))
+    tx.add(Set("m", "type ipv4_addr : verdict", is_map=True))
+    tx.add(RenderedElements("m", ["10.0.0.1 : goto c", "10.0.0.2 : drop"]))
+    assert tx.render().endswith("add element ip cnipy m { 10.0.0.1 : goto c, 10.0.0.2 : drop }\n")
+    fake = FakeNft()
+    fake.run(tx)
+    assert fake.elements("m") == {"10.0.0.1": "goto c", "10.0.0.2": "drop"}
+    for bad in (["10.0.0.3\n"], [""]):
+        with pytest.raises(ValueError):
+            tx.add(RenderedElements("m", bad))
 
 
 def test_fake_enforces_kernel_rules() -> None:
