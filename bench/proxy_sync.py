@@ -161,8 +161,8 @@ def full_sync(mode: str, n: int, make: Namespaces, samples: int, reps: int) -> d
             plans = build_plans(st, CONFIG)
             proxier.sync(plans, None)
             if mode == "nftables":
-                # A periodic/repairing full resync: plans unchanged, so rendered pieces are reused; compare
-                # with loading the same (table-replacing) text again in the same namespace.
+                # A periodic/repairing full resync (plans kept, everything re-rendered); compare with loading
+                # the same (table-replacing) text again in the same namespace.
                 captured.clear()
                 result["resync_ours_s"] = timed(lambda: proxier.sync(plans, None))
                 result["resync_bare_s"] = bare_load(mode, topo.node, "".join(captured))

@@ -21,13 +21,12 @@ A service change touches only map elements (and creates a dispatch chain the fir
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from socket import inet_ntoa
 
 from cnipy.proxy.model import Protocol
 from cnipy.proxy.nftables.transaction import Chain, Set
-from cnipy.proxy.plan import Backend, NodeConfig, Plan, PortPlan, ipv4_text
+from cnipy.proxy.plan import Backend, NodeConfig, PortPlan, ipv4_text
 
 FAMILY = "ip"
 TABLE = "cnipy"
@@ -36,19 +35,6 @@ IP_KEY = "ip daddr . meta l4proto . th dport"
 NP_KEY = "meta l4proto . th dport"
 REJECT_CHAIN = "reject-packet"
 DROP_EXTERNAL_CHAIN = "drop-external"
-
-
-@dataclass
-class NftState:
-    chains: dict[str, tuple[Chain, tuple[str, ...]]] = field(default_factory=dict)
-    sets: dict[str, Set] = field(default_factory=dict)
-    elements: dict[str, dict[str, str | None]] = field(default_factory=dict)
-
-    def rule_count(self) -> int:
-        return sum(len(r) for _, r in self.chains.values())
-
-    def element_count(self) -> int:
-        return sum(len(e) for e in self.elements.values())
 
 
 def _cidrs(nets: Sequence[IPv4Network]) -> str:
@@ -324,19 +310,3 @@ def contribution(ports: Sequence[PortPlan]) -> Contribution:
     for p in ports:
         c.port(p)
     return c
-
-
-def desired_state(plan: Plan) -> NftState:
-    """The whole table for a plan (used for golden tests and full syncs)."""
-    c = contribution(plan.ports)
-    chains = base_chains(plan.config)
-    for name in sorted(c.chains):
-        chains[name] = (Chain(name), dispatch_rules(name, plan.config))
-    elements: dict[str, dict[str, str | None]] = {s.name: dict(c.elements.get(s.name, {})) for s in SETS}
-    elements["hairpin"] = dict.fromkeys(sorted(c.hairpin))
-    sets = {s.name: s for s in SETS}
-    for name in sorted(c.chains):
-        aux_sets, aux_chains = affinity_objects(name)
-        sets.update((s.name, s) for s in aux_sets)
-        chains.update((ch.name, (ch, rules)) for ch, rules in aux_chains)
-    return NftState(chains=chains, sets=sets, elements=elements)
