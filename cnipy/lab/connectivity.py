@@ -189,7 +189,7 @@ def _socket_in(netns: str) -> socket.socket:
 
 
 def parse_reply(raw: bytes) -> Reply:
-    """`cnipy-lab <netns> [<peer>]`: the check's servers say the peer; a Vagrant node's socat servers do not."""
+    """`cnipy-lab <netns> [<peer>]`: what the check's servers and a Vagrant node's responders answer."""
     text = raw.decode("ascii", "replace").strip()
     words = text.split()
     if len(words) < 2 or words[0] != "cnipy-lab":

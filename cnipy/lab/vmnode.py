@@ -65,8 +65,8 @@ def pods(lab: Lab, node: Node) -> list[dict[str, str | None]]:
         if pod.netns not in present:
             sh.run(["ip", "netns", "add", pod.netns])
         att = runtime.cached(node, pod) or runtime.add(lab, node, pod, conflist)
-        procs.spawn(lab, pod.netns, f"responder-{pod.name}", [
-            "socat", f"TCP-LISTEN:{check.PORT},fork,reuseaddr", f"SYSTEM:echo cnipy-lab {pod.netns}"])
+        procs.spawn(lab, pod.netns, f"responder-{pod.name}",
+                    [sys.executable, "-m", "cnipy.lab.responder", pod.netns])
         out.append({"label": pod.name, "node": node.name, "netns": pod.netns,
                     "ip": str(att.ip.ip) if att.ip else None})
     return out

@@ -107,6 +107,7 @@ def port_name(svc: Service, sp: ServicePort) -> str:
 _Row = tuple[int, IPv4Address, int, bool, Endpoint]
 _SORT_KEY = itemgetter(0)
 _BACKEND_FIELDS = itemgetter(1, 2, 3)
+_LOCAL = itemgetter(3)
 _ENDPOINT = itemgetter(4)
 _READY = attrgetter("ready")
 _new_backend = tuple.__new__  # Backend(...) without NamedTuple's Python-level __new__
@@ -173,7 +174,7 @@ def plan_service(svc: Service, slices: Iterable[EndpointSlice], config: NodeConf
     out = []
     for sp in svc.ports:
         rows = _endpoints_for(sp, slices, node)
-        local = [r for r in rows if r[3]]
+        local = [r for r in rows if r[3]] if any(map(_LOCAL, rows)) else None
         out.append(PortPlan(  # positional: keyword arguments cost a dict per call
             f"{key}:{sp.name}" if sp.name else key, sp.protocol, sp.port, cluster_ips, sp.node_port,
             external_ips, lb_ips, ranges, svc.affinity_timeout, internal_local, external_local,
@@ -183,7 +184,6 @@ def plan_service(svc: Service, slices: Iterable[EndpointSlice], config: NodeConf
 
 
 ServicePlans = Mapping[ServiceKey, tuple[PortPlan, ...]]
-_KEY_ORDER = attrgetter("namespace", "name")
 
 
 def build_plans(state: ClusterState, config: NodeConfig,
@@ -194,8 +194,7 @@ def build_plans(state: ClusterState, config: NodeConfig,
     if keys is None:
         return {key: plan_service(svc, slices.get(key, ()), config) for key, svc in services.items()}
     out = {}
-    # Sorted on (namespace, name) tuples: ServiceKey's own ordering is Python code.
-    for key in sorted(keys, key=_KEY_ORDER):
+    for key in sorted(keys):
         svc = services.get(key)
         out[key] = () if svc is None else plan_service(svc, slices.get(key, ()), config)
     return out
