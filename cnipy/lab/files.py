@@ -12,17 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from cnipy.lab.errors import LabError
+from cnipy.statefile import write_atomic
 
 LOCK_TIMEOUT = 60.0  # how long `up` or `down` waits for another command working on the same lab
 
 
 def write_private(path: Path, text: str) -> None:
     private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def write_json(path: Path, data: Any) -> None:

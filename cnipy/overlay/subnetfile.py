@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 import ipaddress
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from cnipy.statefile import write_atomic
 
 DEFAULT_PATH = Path("/run/cnipy/subnet.env")
 
@@ -61,12 +61,4 @@ def read(path: Path) -> SubnetFile:
 def write(path: Path, content: SubnetFile) -> None:
     """Write to a temporary file in the same directory (0600), fsync, rename over: readers never see half."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp creates it 0600
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(content.render())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomic(path, content.render())

@@ -15,8 +15,6 @@ before the agent has written the subnet file is error 11 (try again later); STAT
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 from cnipy.cni import Request, Result, invoke, validate
 from cnipy.cni.errors import InvalidConfig, IOFailure, PluginNotAvailable, TryAgainLater
 from cnipy.overlay import subnetfile
+from cnipy.statefile import write_atomic
 
 ABOUT = "CNI cnipy-overlay plugin"
 DEFAULT_SUBNET_FILE = "/run/cnipy/subnet.env"
@@ -95,15 +94,7 @@ def _save(path: Path, req: Request, conf: dict[str, Any]) -> None:
     record = {"containerID": req.container_id, "ifname": req.ifname, "delegate": conf}
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".", dir=path.parent)  # created 0600
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(record, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.rename(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        write_atomic(path, json.dumps(record))
     except OSError as exc:
         raise IOFailure(f"saving the delegate config to {path} failed", str(exc)) from exc
 
