@@ -8,6 +8,7 @@ lab namespace, delete the namespaces (their links, routes and rules go with them
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ def remove(name: str, state_root: Path, progress: Progress, *, detach: bool) -> 
     shutil.rmtree(state_dir, ignore_errors=True)
     if state_dir.exists():
         report.leftovers.append(f"directory {state_dir}")
+    with contextlib.suppress(OSError):  # the state root goes too once the last lab is gone
+        state_root.rmdir()
     progress.finish()
     return report
 
