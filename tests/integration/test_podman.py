@@ -140,6 +140,19 @@ def start_daemon(sock: Path, log: Path) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"the cnipy daemon did not start: {log.read_text()}")
 
 
+def nft_tables() -> set[tuple[str, str]]:
+    out = sh("nft", "list", "tables", check=False).stdout.split("\n")
+    return {(w[1], w[2]) for w in (line.split() for line in out) if len(w) == 3 and w[0] == "table"}
+
+
+def drop_new_empty_tables(before: set[tuple[str, str]]) -> None:
+    """iptables-nft creates `ip nat` on first use and never deletes it: leave the host's tables as they were."""
+    for family, name in nft_tables() - before:
+        dump = json.loads(sh("nft", "-j", "list", "table", family, name, check=False).stdout or "{}")
+        if not any("rule" in obj for obj in dump.get("nftables", [])):
+            sh("nft", "delete", "table", family, name, check=False)
+
+
 @pytest.fixture(params=["daemon", "fallback"])
 def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     need("podman", "runc", "iptables-save")
@@ -150,6 +163,7 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         build_front.build(fronts)
     except build_front.BuildError as exc:
         pytest.skip(f"cannot build the CNI front: {exc}")
+    tables_before = nft_tables()
     work = tmp_path_factory.mktemp("cnfpodman")
     os.chmod(work, 0o700)
     suffix = secrets.token_hex(4)
@@ -192,6 +206,7 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                 daemon.wait()
         sh("ip", "link", "delete", bridge, check=False)
         remove_rules(network)
+        drop_new_empty_tables(tables_before)
         shutil.rmtree(work, ignore_errors=True)
 
 
