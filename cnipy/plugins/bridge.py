@@ -386,17 +386,9 @@ def _check_interfaces(req: Request, conf: BridgeConf, prev: Result, problems: li
         problems.append(f"bridge {conf.bridge} MAC is {br.mac}, prevResult says {brs[0].mac}")
     if br.promisc != conf.promisc:
         problems.append(f"bridge {conf.bridge} promiscuous mode is {br.promisc}, config says {conf.promisc}")
-    try:
-        cont = netlink.get_link(req.netns, req.ifname)
-    except netlink.InterfaceNotFound:
-        problems.append(f"container interface {req.ifname} does not exist in {req.netns}")
+    cont = container.check_veth(req.netns, req.ifname, conts[0].mac, conf.mtu, problems)
+    if cont is None:
         return
-    if cont.kind != "veth":
-        problems.append(f"container interface {req.ifname} is a {cont.kind or 'device'}, not a veth")
-    if conts[0].mac and conts[0].mac != cont.mac:
-        problems.append(f"container interface {req.ifname} MAC is {cont.mac}, prevResult says {conts[0].mac}")
-    if conf.mtu and cont.mtu != conf.mtu:
-        problems.append(f"container interface {req.ifname} MTU is {cont.mtu}, config says {conf.mtu}")
     if not cont.up and not conf.disable_container_interface:
         problems.append(f"container interface {req.ifname} is down")
     hosts = [i for i in prev.interfaces if i.name not in (conf.bridge, req.ifname) and not i.sandbox]

@@ -188,17 +188,9 @@ def _point_to_point_routes(prev: Result) -> list[Route]:
 def _check_link(req: Request, cont: Interface, prev: Result, mtu: int, problems: list[str]) -> None:
     from cnipy import netlink
 
-    try:
-        link = netlink.get_link(req.netns, req.ifname)
-    except netlink.InterfaceNotFound:
-        problems.append(f"container interface {req.ifname} does not exist in {req.netns}")
+    link = container.check_veth(req.netns, req.ifname, cont.mac, mtu, problems)
+    if link is None:
         return
-    if link.kind != "veth":
-        problems.append(f"container interface {req.ifname} is a {link.kind or 'device'}, not a veth")
-    if cont.mac and cont.mac != link.mac:
-        problems.append(f"container interface {req.ifname} MAC is {link.mac}, prevResult says {cont.mac}")
-    if mtu and link.mtu != mtu:
-        problems.append(f"container interface {req.ifname} MTU is {link.mtu}, config says {mtu}")
     if not link.up:
         problems.append(f"container interface {req.ifname} is down")
     hosts = [i for i in prev.interfaces if not i.sandbox]

@@ -12,7 +12,7 @@ from cnipy.cni import IPConfig, Route
 from cnipy.cni.errors import CniError, KernelError
 
 if TYPE_CHECKING:
-    from cnipy.netlink import RouteSpec
+    from cnipy.netlink import LinkInfo, RouteSpec
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -66,6 +66,25 @@ class Mismatch(CniError):
     """The live state differs from prevResult (CHECK); the message names what differs."""
 
     code = KernelError.code
+
+
+def check_veth(netns: str, ifname: str, mac: str, mtu: int, problems: list[str]) -> LinkInfo | None:
+    """The pod's veth as CHECK sees it: its link, or None (with the reason in `problems`) when it is gone.
+    Adds what differs from prevResult's MAC and the config's MTU."""
+    from cnipy import netlink
+
+    try:
+        link = netlink.get_link(netns, ifname)
+    except netlink.InterfaceNotFound:
+        problems.append(f"container interface {ifname} does not exist in {netns}")
+        return None
+    if link.kind != "veth":
+        problems.append(f"container interface {ifname} is a {link.kind or 'device'}, not a veth")
+    if mac and mac != link.mac:
+        problems.append(f"container interface {ifname} MAC is {link.mac}, prevResult says {mac}")
+    if mtu and link.mtu != mtu:
+        problems.append(f"container interface {ifname} MTU is {link.mtu}, config says {mtu}")
+    return link
 
 
 def check_addresses(netns: str, ifname: str, ips: Sequence[IPConfig]) -> list[str]:
