@@ -1,7 +1,9 @@
 """The manifest source: YAML or JSON files (or directories of them) holding Services, EndpointSlices and Pods.
 
-A bad object is reported with its file and field and skipped; everything else still loads. ``ManifestSource``
-polls the files' modification times, so edits are picked up without inotify.
+A bad object is reported with its file and field and skipped; everything else still loads. So is a service
+defined twice (the later definition is skipped) or one claiming an address and port another serves (see
+conflicts.py). ``ManifestSource`` polls the files' modification times, so edits are picked up without inotify,
+and re-reads only the files that changed.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
+from cnipy.proxy.conflicts import resolve
 from cnipy.proxy.errors import ManifestError
-from cnipy.proxy.model import ClusterState, EndpointSlice, Pod, Service
+from cnipy.proxy.model import ClusterState, EndpointSlice, Pod, Service, ServiceKey
 from cnipy.proxy.objects import FieldError, build_state, parse_endpoint_slice, parse_pod, parse_service
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -51,42 +54,80 @@ def _documents(path: Path) -> Iterator[tuple[str, Any]]:
             yield f"{where}." if where else "", doc
 
 
-def load(paths: Sequence[Path]) -> LoadResult:
-    services: list[Service] = []
+@dataclass(frozen=True)
+class FileObjects:
+    """What one file holds: its objects, parsed, and its problems."""
+
+    services: tuple[tuple[str, Service], ...] = ()  # (field prefix, service)
+    slices: tuple[EndpointSlice, ...] = ()
+    pods: tuple[Pod, ...] = ()
+    problems: tuple[ManifestError, ...] = ()
+
+
+def parse_file(file: Path) -> FileObjects:
+    services: list[tuple[str, Service]] = []
     slices: list[EndpointSlice] = []
     pods: list[Pod] = []
     problems: list[ManifestError] = []
-    for file in _files(paths):
-        try:
-            docs = list(_documents(file))
-        except (OSError, ValueError, yaml.YAMLError) as exc:
-            problems.append(ManifestError(str(file), "(document)", f"cannot parse: {exc}"))
+    try:
+        docs = list(_documents(file))
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        return FileObjects(problems=(ManifestError(str(file), "(document)", f"cannot parse: {exc}"),))
+    for where, obj in docs:
+        if not isinstance(obj, dict):
+            problems.append(ManifestError(str(file), where.rstrip(".") or "(document)", "must be a map"))
             continue
-        for where, obj in docs:
-            if not isinstance(obj, dict):
-                problems.append(ManifestError(str(file), where.rstrip(".") or "(document)", "must be a map"))
+        kind = obj.get("kind")
+        try:
+            if kind == "Service":
+                svc = parse_service(obj)
+                if svc is not None:
+                    services.append((where, svc))
+            elif kind == "EndpointSlice":
+                slices.append(parse_endpoint_slice(obj))
+            elif kind == "Pod":
+                pods.append(parse_pod(obj))
+        except FieldError as exc:
+            problems.append(ManifestError(str(file), f"{where}{exc.field}", exc.message))
+    return FileObjects(tuple(services), tuple(slices), tuple(pods), tuple(problems))
+
+
+def combine(parsed: Sequence[tuple[Path, FileObjects]], previous: ClusterState | None = None) -> LoadResult:
+    """The state of many files (in order): duplicate services and conflicting claims are reported and skipped."""
+    services: dict[ServiceKey, Service] = {}
+    origins: dict[ServiceKey, str] = {}
+    slices: list[EndpointSlice] = []
+    pods: list[Pod] = []
+    problems: list[ManifestError] = []
+    for file, objs in parsed:
+        problems += objs.problems
+        for where, svc in objs.services:
+            first = origins.get(svc.key)
+            if first is not None:
+                problems.append(ManifestError(str(file), f"{where}metadata.name", f"service {svc.key.namespace}/"
+                                              f"{svc.key.name} is already defined in {first}; skipped"))
                 continue
-            kind = obj.get("kind")
-            try:
-                if kind == "Service":
-                    svc = parse_service(obj)
-                    if svc is not None:
-                        services.append(svc)
-                elif kind == "EndpointSlice":
-                    slices.append(parse_endpoint_slice(obj))
-                elif kind == "Pod":
-                    pods.append(parse_pod(obj))
-            except FieldError as exc:
-                problems.append(ManifestError(str(file), f"{where}{exc.field}", exc.message))
-    return LoadResult(build_state(services, slices, pods), tuple(problems))
+            services[svc.key] = svc
+            origins[svc.key] = str(file)
+        slices += objs.slices
+        pods += objs.pods
+    state, clashes = resolve(build_state(services.values(), slices, pods), previous, origins)
+    return LoadResult(state, (*problems, *clashes))
+
+
+def load(paths: Sequence[Path]) -> LoadResult:
+    return combine([(f, parse_file(f)) for f in _files(paths)])
 
 
 class ManifestSource:
-    """Loads manifests and reports whether they changed since the last load (by path, mtime and size)."""
+    """Loads manifests and reports whether they changed since the last load (by path, mtime and size). A load
+    re-parses only the files whose stamp changed; services in force win conflicts against new ones."""
 
     def __init__(self, paths: Sequence[Path]) -> None:
         self.paths = [Path(p) for p in paths]
         self._stamp: tuple[tuple[str, int, int], ...] | None = None
+        self._parsed: dict[tuple[str, int, int], FileObjects] = {}
+        self._last: ClusterState | None = None
 
     def _current_stamp(self) -> tuple[tuple[str, int, int], ...]:
         out = []
@@ -103,4 +144,8 @@ class ManifestSource:
 
     def load(self) -> LoadResult:
         self._stamp = self._current_stamp()
-        return load(self.paths)
+        parsed = {stamp: self._parsed.get(stamp) or parse_file(Path(stamp[0])) for stamp in self._stamp}
+        self._parsed = parsed  # files that went away or changed are forgotten
+        result = combine([(Path(stamp[0]), objs) for stamp, objs in parsed.items()], self._last)
+        self._last = result.state
+        return result

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from cnipy.proxy.conflicts import resolve
 from cnipy.proxy.errors import ManifestError
 from cnipy.proxy.model import ClusterState, EndpointSlice, Service
 from cnipy.proxy.objects import FieldError, build_state, parse_endpoint_slice, parse_service
@@ -29,6 +30,7 @@ class ObjectStore:
         self.listed: set[str] = set()
         self.generation = 0
         self.seen_generation = -1
+        self.last: ClusterState | None = None  # the previous snapshot: its services win conflicts
 
     def _parse(self, kind: str, obj: Mapping[str, Any]) -> Service | EndpointSlice | ManifestError | None:
         ns, name = object_key(obj)
@@ -66,4 +68,7 @@ class ObjectStore:
         services = [v for v in values if isinstance(v, Service)]
         slices = [v for v in values if isinstance(v, EndpointSlice)]
         problems = tuple(v for v in values if isinstance(v, ManifestError))
-        return build_state(services, slices, ()), problems
+        origins = {s.key: f"{self.origin}/{SERVICES}/{s.key.namespace}/{s.key.name}" for s in services}
+        state, clashes = resolve(build_state(services, slices, ()), self.last, origins)
+        self.last = state
+        return state, (*problems, *clashes)

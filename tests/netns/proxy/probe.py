@@ -2,7 +2,11 @@
 
     probe.py tcp HOST PORT COUNT [TIMEOUT]         -> {"ok": {ident: n}, "peers": {peer: n}, "fail": n, "errors": {}}
     probe.py udp HOST PORT COUNT SPORT [TIMEOUT]   -> same, one datagram each from a fixed source port
-    probe.py loop HOST PORT STOPFILE MAXSECONDS    -> connect continuously until STOPFILE exists
+    probe.py loop HOST PORT STOPFILE MAXSECONDS    -> connect continuously until STOPFILE exists; adds
+                                                      "slowest" (s) and "failed_at" (s since start, per failure)
+
+The loop allows 5 s per connection: a SYN the proxy lost costs a 1 s retransmission and a blackhole never
+answers, while a busy test machine may stall a healthy connection for a second or two.
 """
 
 from __future__ import annotations
@@ -56,13 +60,21 @@ def main() -> None:
             except OSError as exc:
                 errors[type(exc).__name__] += 1
     else:  # loop
-        stop, limit = sys.argv[4], time.monotonic() + float(sys.argv[5])
+        start = time.monotonic()
+        stop, limit = sys.argv[4], start + float(sys.argv[5])
+        slowest, failed_at = 0.0, []
         while not os.path.exists(stop) and time.monotonic() < limit:
+            t = time.monotonic()
             try:
-                ident, peer = tcp_once(host, port, 2.0)
+                ident, peer = tcp_once(host, port, 5.0)
                 ok[ident] += 1
+                slowest = max(slowest, time.monotonic() - t)
             except OSError as exc:
                 errors[type(exc).__name__] += 1
+                failed_at.append(round(t - start, 2))
+        print(json.dumps({"ok": ok, "fail": sum(errors.values()), "errors": errors, "slowest": round(slowest, 3),
+                          "failed_at": failed_at}))
+        return
     print(json.dumps({"ok": ok, "peers": peers, "fail": sum(errors.values()), "errors": errors}))
 
 
