@@ -207,3 +207,6 @@ class ManifestPoller:
             return None
         result = self.source.load()
         return result.state, result.problems
+
+    def stop(self) -> None:
+        self.source.close()

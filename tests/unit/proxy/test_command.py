@@ -27,3 +27,44 @@ def test_importing_the_proxy_does_not_load_pyroute2() -> None:
             "cnipy.proxy.iptables.backend, cnipy.proxy.kubeapi; print('pyroute2' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(proxy_command, ["--manifests", "/", *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+def test_bad_options_are_refused_with_the_value_named() -> None:
+    cases = [
+        (["--cluster-cidr", "10.244.0.0/33"], "'10.244.0.0/33' is not a CIDR"),
+        (["--cluster-cidr", "10.244.0.1/16"], "has host bits set"),
+        (["--cluster-cidr", "fd00::/64"], "IPv6 is not supported yet"),
+        (["--nodeport-address", "bogus"], "'bogus' is not a CIDR"),
+        (["--healthz-address", "0.0.0.0:99999"], "port of 0-65535"),
+        (["--metrics-address", "localhost:10249"], "'localhost:10249'"),
+        (["--healthz-address", "10256"], "expected HOST:PORT"),
+        (["--node-name", "Node_1"], "is not a Kubernetes node name"),
+        (["--node-name", "../../etc"], "is not a Kubernetes node name"),
+        (["--min-sync-period", "0"], "--min-sync-period"),
+        (["--full-sync-period", "-5"], "--full-sync-period"),
+    ]
+    for args, message in cases:
+        code, out = _run(*args)
+        assert code == 2 and message in out, (args, out)
+
+
+def test_missing_back_end_tool_is_a_clear_error(monkeypatch: object) -> None:
+    import cnipy.proxy.command as cmd
+    monkeypatch.setattr(cmd.shutil, "which", lambda name: None)  # type: ignore[attr-defined]
+    code, out = _run("--mode", "iptables", "--iptables-backend", "legacy", "--node-name", "n1")
+    assert code == 1 and "iptables-legacy-restore is not installed (needed by --mode iptables)" in out
+
+
+def test_runtime_errors_become_messages_not_tracebacks(tmp_path: object) -> None:
+    from pathlib import Path
+    bad = Path(str(tmp_path)) / "kubeconfig"
+    bad.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    result = CliRunner().invoke(proxy_command, ["--kubeconfig", str(bad), "--node-name", "n1", "--once"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("Error: ") and "kubeconfig" in result.output, result.output

@@ -117,3 +117,46 @@ def test_object_store_resolves_conflicts_against_its_last_snapshot() -> None:
     st, problems = second
     assert list(st.services) == [ServiceKey("default", "z")]
     assert [(p.file, p.field) for p in problems] == [("api:/services/default/a", "spec.ports[0].nodePort")]
+
+
+def test_idle_polls_do_not_walk_the_tree_and_changes_are_seen(tmp_path: Path) -> None:
+    _write(tmp_path / "a.yaml", "a", "10.96.0.1", 30080)
+    src = ManifestSource([tmp_path])
+    assert src.watcher is not None  # this kernel has inotify
+    walks = 0
+    real = src._current_stamp
+
+    def counting() -> tuple[tuple[str, int, int], ...]:
+        nonlocal walks
+        walks += 1
+        return real()
+
+    src._current_stamp = counting  # type: ignore[method-assign]
+    assert src.changed()
+    src.load()
+    walks = 0
+    for _ in range(50):
+        assert not src.changed()
+    assert walks == 0
+    sub = tmp_path / "team" / "x"
+    sub.mkdir(parents=True)  # a new directory: an event, and watched from the next load on
+    assert src.changed() is False  # no manifest in it yet: the walk confirms nothing changed
+    src.load()
+    _write(sub / "b.yaml", "b", "10.96.0.2", 30081)
+    assert src.changed()
+    assert set(src.load().state.services) == {ServiceKey("default", "a"), ServiceKey("default", "b")}
+    (tmp_path / "a.yaml").unlink()
+    assert src.changed()
+    assert set(src.load().state.services) == {ServiceKey("default", "b")}
+    src.close()
+
+
+def test_without_inotify_every_poll_walks(tmp_path: Path) -> None:
+    _write(tmp_path / "a.yaml", "a", "10.96.0.1", 30080)
+    src = ManifestSource([tmp_path])
+    src.close()
+    src.watcher = None
+    src.load()
+    assert not src.changed()
+    _write(tmp_path / "a.yaml", "a", "10.96.0.1", 30090)
+    assert src.changed()
