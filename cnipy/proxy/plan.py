@@ -36,6 +36,8 @@ class NodeConfig:
     node_port_addresses: tuple[IPv4Network, ...] = ()  # empty: every local address
     localhost_nodeports: bool = False
     masquerade_mark: int = 0x4000
+    # net.netfilter.nf_conntrack_tcp_be_liberal is set: like kube-proxy, no drop of ct state INVALID on forward
+    conntrack_tcp_liberal: bool = False
     zone: str | None = None  # this node's topology zone: enables topology-aware hints
 
 

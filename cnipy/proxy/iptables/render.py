@@ -4,10 +4,14 @@ nat:    PREROUTING/OUTPUT -> KUBE-SERVICES -> KUBE-SVC-* (cluster IP) | KUBE-EXT
         KUBE-FW-* (LB IP with source ranges); last rule -> KUBE-NODEPORTS -> KUBE-EXT-*.
         KUBE-SVC-* / KUBE-SVL-* (local endpoints) pick a KUBE-SEP-* with statistic probabilities 1/n, 1/(n-1), ...
         (ClientIP affinity: xt_recent per endpoint first); KUBE-SEP-* marks hairpin traffic and DNATs.
-        POSTROUTING -> KUBE-POSTROUTING masquerades what KUBE-MARK-MASQ marked.
+        POSTROUTING -> KUBE-POSTROUTING masquerades what KUBE-MARK-MASQ marked. With several cluster CIDRs,
+        cluster IP traffic from none of them is marked via KUBE-MASQ-OFF-CLUSTER (ours: kube-proxy takes one).
 filter: KUBE-SERVICES / KUBE-EXTERNAL-SERVICES reject services without endpoints and drop Local-policy traffic
         on nodes without local endpoints; KUBE-PROXY-FIREWALL drops LB traffic from outside the source ranges;
-        KUBE-FIREWALL protects 127/8 when localhost NodePorts are on (CVE-2020-8558).
+        KUBE-FIREWALL protects 127/8 when localhost NodePorts are on (CVE-2020-8558). Then the accepts that let
+        service traffic past a host firewall whose policy is DROP: KUBE-FORWARD (FORWARD: drop ct state INVALID
+        unless nf_conntrack_tcp_be_liberal is set, accept the masquerade mark and RELATED,ESTABLISHED) and
+        KUBE-NODEPORTS (INPUT: accept healthCheckNodePorts). Built-in chains run them after the drops above.
 """
 
 from __future__ import annotations
@@ -20,14 +24,19 @@ from cnipy.proxy.plan import Backend, NodeConfig, PortPlan, ipv4_text
 
 NAT_BASE = (n.KUBE_SERVICES, n.KUBE_NODEPORTS, n.KUBE_POSTROUTING, n.KUBE_MARK_MASQ, n.KUBE_PROXY_CANARY)
 FILTER_BASE = (n.KUBE_SERVICES, n.KUBE_EXTERNAL_SERVICES, n.KUBE_PROXY_FIREWALL, n.KUBE_FIREWALL,
-               n.KUBE_PROXY_CANARY)
+               n.KUBE_FORWARD, n.KUBE_NODEPORTS, n.KUBE_PROXY_CANARY)
 
-# (table, built-in chain, rule args) jumps into our chains, kept in place by the proxier.
+# (table, built-in chain, rule args) jumps into our chains, kept in place by the proxier. Each missing one is
+# inserted at the top of its chain, in this order, so in a built-in chain they run in reverse order: the
+# filter accepts (KUBE-FORWARD, KUBE-NODEPORTS) after every filter drop or reject of ours.
 JUMPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("nat", "PREROUTING", ("-m", "comment", "--comment", "kubernetes service portals", "-j", n.KUBE_SERVICES)),
     ("nat", "OUTPUT", ("-m", "comment", "--comment", "kubernetes service portals", "-j", n.KUBE_SERVICES)),
     ("nat", "POSTROUTING", ("-m", "comment", "--comment", "kubernetes postrouting rules", "-j",
                             n.KUBE_POSTROUTING)),
+    ("filter", "FORWARD", ("-m", "comment", "--comment", "kubernetes forwarding rules", "-j", n.KUBE_FORWARD)),
+    ("filter", "INPUT", ("-m", "comment", "--comment", "kubernetes health check service ports", "-j",
+                         n.KUBE_NODEPORTS)),
     *((("filter", c, ("-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment",
                       "kubernetes load balancer firewall", "-j", n.KUBE_PROXY_FIREWALL)))
       for c in ("INPUT", "FORWARD", "OUTPUT")),
@@ -59,6 +68,7 @@ class IptContribution:
     filter_services: list[str] = field(default_factory=list)
     filter_external: list[str] = field(default_factory=list)
     filter_firewall: list[str] = field(default_factory=list)
+    filter_nodeports: list[str] = field(default_factory=list)  # healthCheckNodePort accepts
 
 
 def base_rules(cfg: NodeConfig) -> dict[tuple[str, str], list[str]]:
@@ -67,6 +77,16 @@ def base_rules(cfg: NodeConfig) -> dict[tuple[str, str], list[str]]:
     if cfg.localhost_nodeports:
         fw.append(f'-A {n.KUBE_FIREWALL} -m comment --comment "block incoming localnet connections" '
                   "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP")
+    # Forwarded service traffic gets past a FORWARD policy of DROP (docker hosts set one): the first packet by
+    # the masquerade mark, the rest by conntrack. INVALID packets are dropped first (kube-proxy's fix for
+    # connection resets, kubernetes#74839) unless the kernel is told to be liberal, as kube-proxy decides.
+    forward = [] if cfg.conntrack_tcp_liberal else [f"-A {n.KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP"]
+    forward += [
+        f'-A {n.KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules" -m mark --mark {mark}/{mark} '
+        "-j ACCEPT",
+        f'-A {n.KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" '
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    ]
     return {
         ("nat", n.KUBE_MARK_MASQ): [f"-A {n.KUBE_MARK_MASQ} -j MARK --or-mark {mark}"],
         ("nat", n.KUBE_POSTROUTING): [
@@ -76,6 +96,10 @@ def base_rules(cfg: NodeConfig) -> dict[tuple[str, str], list[str]]:
             "-j MASQUERADE --random-fully",
         ],
         ("filter", n.KUBE_FIREWALL): fw,
+        ("filter", n.KUBE_FORWARD): forward,
+        **({("nat", n.KUBE_MASQ_OFF_CLUSTER): [
+            *(f"-A {n.KUBE_MASQ_OFF_CLUSTER} -s {net} -j RETURN" for net in cfg.cluster_cidrs),
+            f"-A {n.KUBE_MASQ_OFF_CLUSTER} -j {n.KUBE_MARK_MASQ}"]} if len(cfg.cluster_cidrs) > 1 else {}),
     }
 
 
@@ -127,6 +151,9 @@ def _balance(c: IptContribution, chain: str, p: PortPlan, backends: tuple[Backen
 
 def port_rules(c: IptContribution, p: PortPlan, cfg: NodeConfig) -> None:
     name, proto = p.name, p.protocol.value.lower()
+    if p.health_check_node_port is not None:  # accepted whether or not this node has local endpoints
+        c.filter_nodeports.append(f'-A {n.KUBE_NODEPORTS} -m comment --comment "{name} health check node port" '
+                                  f"-m tcp -p tcp --dport {p.health_check_node_port} -j ACCEPT")
     h = n.port_proto_hash(name, proto)
     svc, svl, ext, fw = f"KUBE-SVC-{h}", f"KUBE-SVL-{h}", f"KUBE-EXT-{h}", f"KUBE-FW-{h}"
     match = f"-m {proto} -p {proto}"
@@ -140,9 +167,10 @@ def port_rules(c: IptContribution, p: PortPlan, cfg: NodeConfig) -> None:
             c.nat_services.append(f"-A {n.KUBE_SERVICES} {dest} -j {internal_chain}")
             if cfg.masquerade_all:
                 masq_head.append(f"-A {internal_chain} {dest} -j {n.KUBE_MARK_MASQ}")
-            elif cfg.cluster_cidrs:
-                for net in cfg.cluster_cidrs:
-                    masq_head.append(f"-A {internal_chain} {dest} ! -s {net} -j {n.KUBE_MARK_MASQ}")
+            elif len(cfg.cluster_cidrs) == 1:
+                masq_head.append(f"-A {internal_chain} {dest} ! -s {cfg.cluster_cidrs[0]} -j {n.KUBE_MARK_MASQ}")
+            elif cfg.cluster_cidrs:  # "from none of them" takes a chain: one "! -s" rule per CIDR marks all
+                masq_head.append(f"-A {internal_chain} {dest} -j {n.KUBE_MASQ_OFF_CLUSTER}")
         elif not p.all_backends:
             c.filter_services.append(f'-A {n.KUBE_SERVICES} -m comment --comment "{name} has no endpoints" '
                                      f"{match} -d {ip}/32 --dport {p.port} -j {_reject(proto)}")

@@ -4,10 +4,12 @@ jump targets must exist, only empty unreferenced chains can be deleted."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shlex
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from cnipy.proxy.errors import ApplyError, FakeApplyError
@@ -22,8 +24,16 @@ BUILTIN_TARGETS = {"ACCEPT", "DROP", "RETURN", "REJECT", "DNAT", "SNAT", "MASQUE
 
 
 class IptablesInterface(Protocol):
+    # True when a --noflush restore costs time quadratic in the number of chains it names (iptables-nft 1.8.x),
+    # unless it lists the table first: see backend._list_first_pays.
+    quadratic_chain_names: bool
+
     def restore(self, text: str) -> None:
         """iptables-restore --noflush: all of ``text`` or nothing. Raises ApplyError."""
+
+    def restore_lines(self, chunks: Iterable[str]) -> None:
+        """The same, with the text handed over in pieces as they are made (iptables-restore parses each while
+        the next is made; it commits each table at its COMMIT line)."""
 
     def exists(self, table: str, chain: str, args: Sequence[str]) -> bool:
         """iptables -C: is this rule in the chain?"""
@@ -49,21 +59,57 @@ class Iptables:
             raise ValueError(f"iptables variant must be nft or legacy, not {variant!r}")
         suffix = "-legacy" if variant == "legacy" else ""
         self.iptables = f"iptables{suffix}"
+        self.quadratic_chain_names = variant == "nft"
         self.restore_bin = f"iptables{suffix}-restore"
         self.prefix = list(prefix)
         self.timeout = timeout
 
-    def _run(self, argv: list[str], text: str | None = None) -> subprocess.CompletedProcess[str]:
+    def _run(self, argv: list[str], text: str | None = None, *, keep_stdout: bool = True,
+             ) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run([*self.prefix, *argv], input=text, text=True, capture_output=True,
+            return subprocess.run([*self.prefix, *argv], input=text, text=True, stderr=subprocess.PIPE,
+                                  stdout=subprocess.PIPE if keep_stdout else subprocess.DEVNULL,
                                   timeout=self.timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ApplyError(f"{argv[0]} could not run: {exc}") from exc
 
     def restore(self, text: str) -> None:
-        proc = self._run([self.restore_bin, "-w", "5", "--noflush"], text)
+        # Drop what a "-S" in the text lists (the whole table, 400k lines at 10k services).
+        proc = self._run([self.restore_bin, "-w", "5", "--noflush"], text, keep_stdout=False)
         if proc.returncode != 0:
             raise ApplyError(f"{self.restore_bin} failed (rc={proc.returncode}): {proc.stderr.strip()[:2000]}")
+
+    def restore_lines(self, chunks: Iterable[str]) -> None:
+        argv = [*self.prefix, self.restore_bin, "-w", "5", "--noflush"]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+        except OSError as exc:
+            raise ApplyError(f"{self.restore_bin} could not run: {exc}") from exc
+        assert proc.stdin is not None and proc.stderr is not None
+        errors: list[str] = []
+        reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        try:
+            for chunk in chunks:
+                proc.stdin.write(chunk)
+        except BrokenPipeError:
+            pass  # it stopped reading: its exit status and stderr say why
+        except BaseException:
+            proc.kill()  # before it reads an end of file: the table being written is not committed
+            proc.wait()
+            raise
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+        try:
+            rc = proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.wait()
+            raise ApplyError(f"{self.restore_bin} did not finish in {self.timeout} s") from exc
+        reader.join(timeout=5)
+        if rc != 0:
+            raise ApplyError(f"{self.restore_bin} failed (rc={rc}): {''.join(errors).strip()[:2000]}")
 
     def exists(self, table: str, chain: str, args: Sequence[str]) -> bool:
         return self._run([self.iptables, "-w", "5", "-t", table, "-C", chain, *args]).returncode == 0
@@ -118,7 +164,9 @@ def _target(args: Sequence[str]) -> str | None:
 class FakeIptables:
     """Tables of chains of rules (each rule kept as its argument list after the chain name)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, quadratic_chain_names: bool = False) -> None:
+        self.quadratic_chain_names = quadratic_chain_names  # as iptables-nft: the proxier then adds "-S" lines
+        self.listed = 0
         self.tables: dict[str, dict[str, list[tuple[str, ...]]]] = {
             t: {c: [] for c in chains} for t, chains in BUILTIN_CHAINS.items()}
         self.restores = 0
@@ -145,6 +193,8 @@ class FakeIptables:
             elif line == "COMMIT":
                 self._check_targets(table, name)
                 table = None
+            elif line == "-S":  # lists the table (to stdout), changes nothing
+                self.listed += 1
             elif line.startswith(":"):
                 chain = line[1:].split()[0]
                 if chain in BUILTIN_CHAINS.get(name, ()):
@@ -195,6 +245,9 @@ class FakeIptables:
                 t = _target(r)
                 if t and t not in BUILTIN_TARGETS and t not in table:
                     raise FakeApplyError("ENOENT", f"{name} {chain}: jump to missing chain {t}")
+
+    def restore_lines(self, chunks: Iterable[str]) -> None:
+        self.restore("".join(chunks))
 
     def exists(self, table: str, chain: str, args: Sequence[str]) -> bool:
         return tuple(args) in self.tables[table].get(chain, [])

@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
 
+from cnipy.proxy.errors import ApplyError
 from cnipy.proxy.model import ServiceKey
 from cnipy.proxy.nftables.render import (
     SETS,
     ElementText,
-    affinity_objects,
+    StickyKey,
+    affinity_chains,
+    affinity_map_name,
     base_chains,
     contribution,
     dispatch_rules,
+    record_chain,
+    sticky_key,
 )
 from cnipy.proxy.nftables.runner import NftInterface
 from cnipy.proxy.nftables.transaction import (
     Chain,
     Element,
+    Entries,
+    Entry,
     Object,
     RenderedElements,
     Rule,
-    Set,
     Table,
     Transaction,
     Verb,
@@ -33,6 +40,8 @@ from cnipy.proxy.sync import SyncResult
 CANARY_CHAIN = "nat-prerouting"
 # A sentinel no packet matches (port 0): if it is gone, someone flushed our maps; "continue" does nothing.
 CANARY_ELEMENT = ("service-ips", "0.0.0.0 . tcp . 0", "continue")
+
+log = logging.getLogger(__name__)
 
 
 class NftablesProxier:
@@ -46,7 +55,7 @@ class NftablesProxier:
         self.applied: dict[ServiceKey, tuple[PortPlan, ...]] = {}
         self.hairpin: Counter[str] = Counter()
         self.chain_refs: Counter[str] = Counter()
-        self.aux: dict[str, int] = {}  # affinity sets and slot chains in the table -> their rule counts
+        self.aux: dict[str, int] = {}  # affinity record chains in the table -> their rule counts
         self.synced = False
         self.elements = 0
 
@@ -59,13 +68,14 @@ class NftablesProxier:
         return self._partial(plans, changed)
 
     def _full(self, plans: ServicePlans) -> SyncResult:
+        """Replace the table in one transaction, carrying over the affinity entries that are still valid."""
         tx = self._tx()
         tx.add(Table())
         tx.delete(Table())  # add-then-delete: works whether or not the table exists, still one transaction
         tx.add(Table())
         for s in SETS:
             tx.add(s)
-        chains = base_chains(self.config)
+        chains = {**base_chains(self.config), **affinity_chains()}
         for chain, _ in chains.values():
             tx.add(chain)
         for chain, rules in chains.values():
@@ -96,6 +106,9 @@ class NftablesProxier:
             tx.add(RenderedElements(set_name, items))
         if hairpin:
             tx.add(RenderedElements("hairpin", list(hairpin)))
+        carried = self._valid_entries(text.sticky) if text.sticky else {}
+        for map_name, entries in carried.items():
+            tx.add(Entries(map_name, tuple(entries)))
         self.nft.run(tx)
         self.applied, self.hairpin, self.chain_refs, self.aux = applied, hairpin, Counter(refs), aux
         self.synced = True
@@ -103,19 +116,15 @@ class NftablesProxier:
         return SyncResult(full=True, operations=len(tx), rules=self.rule_count(), elements=self.elements)
 
     def _add_dispatch(self, name: str, aux: dict[str, int]) -> Iterator[tuple[Verb, Object]]:
-        """A dispatch chain, after the affinity sets and slot chains it uses (added once, shared, kept until
-        the next full sync); ``aux`` maps each of those already there to its rule count."""
-        aux_sets, aux_chains = affinity_objects(name)
-        for st in aux_sets:
-            if st.name not in aux:
-                aux[st.name] = 0
-                yield Verb.ADD, st
-        for chain, rules in aux_chains:
-            if chain.name not in aux:
-                aux[chain.name] = len(rules)
-                yield Verb.ADD, chain
-                for r in rules:
-                    yield Verb.ADD, Rule(chain.name, r)
+        """A dispatch chain, and the affinity record chain its services use (shared; added once, deleted with
+        its last user); ``aux`` maps each record chain already there to its rule count."""
+        record = record_chain(name)
+        if record is not None and record[0].name not in aux:
+            chain, rules = record
+            aux[chain.name] = len(rules)
+            yield Verb.ADD, chain
+            for r in rules:
+                yield Verb.ADD, Rule(chain.name, r)
         yield Verb.ADD, Chain(name)
         for r in dispatch_rules(name, self.config):
             yield Verb.ADD, Rule(name, r)
@@ -146,6 +155,18 @@ class NftablesProxier:
                 adds.setdefault("hairpin", []).append((k, None))
             elif d < 0 and self.hairpin.get(k, 0) + d <= 0:
                 dels.setdefault("hairpin", []).append(k)
+        # Affinity entries that point to an endpoint leaving its service (or a service leaving affinity), and
+        # for a service address that gains affinity, those pointing elsewhere than its endpoints (recorded by
+        # the NodePort rule for a port equal to an affinity NodePort; see render.affinity_chains).
+        removed: dict[StickyKey, set[str]] = {}
+        fresh: dict[StickyKey, set[str]] = {}
+        for key, new in new_owned.items():
+            old_sticky = old_owned[key].sticky
+            for where, eps in old_sticky.items():
+                if gone := eps - new.sticky.get(where, set()):
+                    removed.setdefault(where, set()).update(gone)
+            fresh.update((w, eps) for w, eps in new.sticky.items() if w[1] is not None and w not in old_sticky)
+        stale = self._stale_entries(removed, fresh) if removed or fresh else {}
         new_chains = sorted(c for c, d in chain_delta.items() if d > 0 and self.chain_refs.get(c, 0) <= 0)
         gone_chains = sorted(c for c, d in chain_delta.items() if d < 0 and self.chain_refs.get(c, 0) + d <= 0)
         tx = self._tx()
@@ -157,21 +178,15 @@ class NftablesProxier:
             tx.delete_elements(set_name, keys)
         for set_name, items in adds.items():
             tx.add_elements(set_name, items)
+        _purge(tx, stale)
         for name in gone_chains:
             tx.delete(Chain(name))
-        # Affinity sets and slot chains no remaining dispatch chain uses go too: slot chains, then sets.
+        # Record chains no remaining dispatch chain uses go too (their affinity-ips elements went above).
         live = {c for c, n in self.chain_refs.items() if n + chain_delta.get(c, 0) > 0}
         live |= {c for c, d in chain_delta.items() if d > 0}
-        needed = {obj.name for c in live for objs in affinity_objects(c) for obj in
-                  (o if isinstance(o, Set) else o[0] for o in objs)}
-        unused = sorted(set(aux) - needed)
-        unused_sets = [name for name in unused if name.rpartition("-")[2].startswith("aff")]
-        for name in unused:
-            if name not in unused_sets:
-                tx.delete(Chain(name))
-        for name in unused_sets:
-            tx.delete(Set(name, ""))
-        for name in unused:
+        needed = {record[0].name for c in live if (record := record_chain(c)) is not None}
+        for name in sorted(set(aux) - needed):
+            tx.delete(Chain(name))
             del aux[name]
         if len(tx):
             self.nft.run(tx)
@@ -185,11 +200,49 @@ class NftablesProxier:
         _apply_delta(self.chain_refs, chain_delta)
         n_dels, n_adds = sum(map(len, dels.values())), sum(map(len, adds.values()))
         self.elements += n_adds - n_dels
+        if removed:
+            self._purge_stragglers(removed)
         return SyncResult(full=False, operations=n_dels + n_adds + len(new_chains) + len(gone_chains),
                           rules=self.rule_count(), elements=self.elements)
 
+    def _valid_entries(self, sticky: Mapping[StickyKey, AbstractSet[str]]) -> dict[str, list[Entry]]:
+        """The affinity entries in the table whose endpoint is still a backend of their service."""
+        out: dict[str, list[Entry]] = {}
+        for proto in sorted({where[0] for where in sticky}):
+            name = affinity_map_name(proto)
+            for e in self.nft.list_map(name) or ():
+                ip_key, np_key = sticky_key(e.key, proto)
+                if e.value in sticky.get(ip_key, sticky.get(np_key, ())):
+                    out.setdefault(name, []).append(e)
+        return out
+
+    def _stale_entries(self, removed: Mapping[StickyKey, AbstractSet[str]],
+                       fresh: Mapping[StickyKey, AbstractSet[str]]) -> dict[str, list[Entry]]:
+        """The affinity entries in the table that point to an endpoint ``removed`` from their service, or for a
+        ``fresh`` service address to anything but its endpoints."""
+        out: dict[str, list[Entry]] = {}
+        for proto in sorted({where[0] for where in (*removed, *fresh)}):
+            name = affinity_map_name(proto)
+            for e in self.nft.list_map(name) or ():
+                ip_key, np_key = sticky_key(e.key, proto)
+                if (e.value in removed.get(ip_key, ()) or e.value in removed.get(np_key, ())
+                        or (ip_key in fresh and e.value not in fresh[ip_key])):
+                    out.setdefault(name, []).append(e)
+        return out
+
+    def _purge_stragglers(self, removed: Mapping[StickyKey, AbstractSet[str]]) -> None:
+        """Entries the packet path recorded between our listing and the commit; best effort, the sync is done."""
+        try:
+            stale = self._stale_entries(removed, {})
+            if stale:
+                tx = self._tx()
+                _purge(tx, stale)
+                self.nft.run(tx)
+        except ApplyError as exc:
+            log.warning("could not remove affinity entries of departed endpoints: %s", exc)
+
     def rule_count(self) -> int:
-        return sum(len(r) for _, r in base_chains(self.config).values()) + sum(
+        return sum(len(r) for _, r in {**base_chains(self.config), **affinity_chains()}.values()) + sum(
             len(dispatch_rules(c, self.config)) for c in self.chain_refs) + sum(self.aux.values())
 
     def needs_repair(self) -> bool:
@@ -207,6 +260,14 @@ class NftablesProxier:
         self.nft.run(tx)
         self.applied, self.hairpin, self.chain_refs, self.synced = {}, Counter(), Counter(), False
         self.aux = {}
+
+
+def _purge(tx: Transaction, stale: Mapping[str, list[Entry]]) -> None:
+    """Delete map entries listed a moment ago. One may have expired since, and deleting a missing element
+    fails the transaction (nft 1.0.6 has no "destroy"): add each first, with the value listed, then delete."""
+    for map_name, entries in stale.items():
+        tx.add_elements(map_name, [(e.key, e.value) for e in entries])
+        tx.delete_elements(map_name, [e.key for e in entries])
 
 
 def _apply_delta(counts: Counter[str], delta: Counter[str]) -> None:

@@ -9,13 +9,30 @@ Packet path (O(1) whatever the number of services):
     that shape; kind ip|np, mode c = cluster IP, x = external, l = external with policy Local):
         masquerade marking for the mode, then
         dnat ip to <key> . numgen random mod n map @<kind>-<proto>-backends  (slot i -> backend i: equal shares)
-        (ClientIP affinity: first look (client, service) up in per-slot dynamic sets that expire after the
-        service's timeout; a new choice goes through slot i's chain, which records it and DNATs to slot i)
+        (ClientIP affinity: first "dnat ip to ip saddr . ip daddr . <proto> dport map @affinity-<proto>",
+        which falls through to numgen when the client has no entry)
+    affinity-prerouting / affinity-output (filter, priority -90: after DNAT) -> affinity-record, for the
+    first packet of a DNATed connection only (ct state new ct status dnat):
+        ct original ip daddr . l4proto . ct original proto-dst vmap @affinity-ips       -> goto record-<proto>-t<s>
+        l4proto . ct original proto-dst vmap @affinity-nodeports                         -> goto record-<proto>-t<s>
+    record chain "record-<proto>-t<timeout>" (one per protocol and timeout, shared):
+        update @affinity-<proto> { ip saddr . ct original ip daddr . ct original proto-dst timeout <s>s
+                                   : ip daddr . <proto> dport }
     filter-prerouting / filter-output (before DNAT): LB source ranges, then services without (local)
     endpoints: reject (none at all) or drop (Local policy, none on this node)
+    filter-forward: drop ct state invalid (see base_chains: no accepts, they could not override a host firewall)
     nat-postrouting -> masquerading: hairpin (saddr . daddr in @hairpin), then the masquerade mark.
 
 A service change touches only map elements (and creates a dispatch chain the first time a shape appears).
+
+ClientIP affinity is remembered per ENDPOINT, as kube-proxy's ``recent`` lists do: the dynamic map
+``affinity-<proto>`` maps (client, service address, service port) to the endpoint the connection was DNATed
+to, recorded after DNAT with the service's timeout, restarted by every new connection. Slots may shift when
+endpoints change; the entries do not. For NodePorts the key holds the node address the client used, so a client
+sticks per node address (as with kube-proxy's per-service lists, only finer). The back end removes the entries
+of an endpoint that leaves an affinity service in the same transaction (and once more after it, for entries
+recorded meanwhile), and a full sync, which replaces the table, re-adds the entries whose endpoint is still a
+backend of their service with their remaining time: a full resync or a restarted proxy keeps clients in place.
 """
 
 from __future__ import annotations
@@ -54,6 +71,11 @@ def _sets() -> tuple[Set, ...]:
         Set(f"{kind}-{proto}-{table}", slot.format(key=IP_KEY if kind == "ip" else NP_KEY, proto=proto),
             is_map=True)
         for kind in ("ip", "np") for proto in PROTOCOLS for table in ("backends", "cluster-backends")]
+    # ClientIP affinity: (client . service address . port) -> endpoint, written by the packet path.
+    affinity_maps = [
+        Set(affinity_map_name(proto), f"typeof ip saddr . ip daddr . {proto} dport : ip daddr . {proto} dport",
+            flags=("dynamic", "timeout"), is_map=True, size=AFFINITY_SET_SIZE)
+        for proto in PROTOCOLS]
     return (
         Set("service-ips", f"type {ipk} : verdict", is_map=True),
         Set("service-nodeports", "type inet_proto . inet_service : verdict", is_map=True),
@@ -63,7 +85,18 @@ def _sets() -> tuple[Set, ...]:
         Set("firewall-ips", f"type {ipk}"),
         Set("firewall-allow", f"type {ipk} . ipv4_addr", flags=("interval",)),
         Set("hairpin", "type ipv4_addr . ipv4_addr"),
+        *affinity_maps,
+        # The service keys of affinity services, as seen after DNAT: which record chain (timeout) to use.
+        Set("affinity-ips", f"type {ipk} : verdict", is_map=True),
+        Set("affinity-nodeports", "type inet_proto . inet_service : verdict", is_map=True),
     )
+
+
+AFFINITY_SET_SIZE = 262144
+
+
+def affinity_map_name(proto: str) -> str:
+    return f"affinity-{proto}"
 
 
 SETS = _sets()
@@ -111,6 +144,13 @@ def base_chains(cfg: NodeConfig) -> dict[str, tuple[Chain, tuple[str, ...]]]:
         (Chain("filter-output", "filter", "output", "-110"),
          ("ct state new jump firewall-check", "ct state new jump endpoints-check")),
     ]
+    # iptables mode's KUBE-FORWARD, as far as a table of our own can go: the INVALID drop (unless conntrack is
+    # liberal; kube-proxy's nftables mode removed it, kubernetes#122663, and relies on tcp_be_liberal instead).
+    # Its accepts (and KUBE-NODEPORTS') are left out, as kube-proxy's nftables mode leaves them out (KEP-3866):
+    # an accept ends only this table's base chain, so it cannot get a packet past a drop in another table
+    # (iptables-nft's FORWARD policy DROP included); the host firewall has to allow service traffic itself.
+    chains.append((Chain("filter-forward", "filter", "forward", "-110"),
+                   () if cfg.conntrack_tcp_liberal else ("ct state invalid drop",)))
     if cfg.localhost_nodeports:
         # CVE-2020-8558: with route_localnet on, drop packets for 127/8 from elsewhere unless we DNATed them.
         chains.append((Chain("filter-input", "filter", "input", "0"), (
@@ -119,15 +159,30 @@ def base_chains(cfg: NodeConfig) -> dict[str, tuple[Chain, tuple[str, ...]]]:
     return {c.name: (c, rules) for c, rules in chains}
 
 
-AFFINITY_SET_SIZE = 262144
+def affinity_chains() -> dict[str, tuple[Chain, tuple[str, ...]]]:
+    """Record the endpoint of each new connection to an affinity service, after DNAT (nat chains see only the
+    first packet, and the DNAT decision is made at -100). ``ct original proto-dst`` needs the protocol fixed
+    by the rule for nft 1.0.6 to type it, hence a pair of rules per protocol.
+
+    The NodePort rule also records connections to a service address (of a service without affinity) whose port
+    equals an affinity NodePort: nothing here can tell them apart after DNAT ("!= @service-ips" would bind the
+    verdict map to a filter hook, and the kernel refuses its dnat chains there). Such entries are never looked
+    up; the back end drops them when that service gains affinity."""
+    ipk = "ct original ip daddr . meta l4proto . ct original proto-dst"
+    rules = [rule for proto in PROTOCOLS for rule in (
+        f"meta l4proto {proto} {ipk} vmap @affinity-ips",
+        f"meta l4proto {proto} meta l4proto . ct original proto-dst vmap @affinity-nodeports")]
+    record = ("ct state new ct status dnat jump affinity-record",)
+    chains = [
+        (Chain("affinity-record"), tuple(rules)),
+        (Chain("affinity-prerouting", "filter", "prerouting", "-90"), record),
+        (Chain("affinity-output", "filter", "output", "-90"), record),
+    ]
+    return {c.name: (c, r) for c, r in chains}
 
 
-def affinity_set_name(kind: str, proto: str, table: str, slot: int) -> str:
-    return f"{kind}-{proto}-{table}-aff{slot}"
-
-
-def slot_chain_name(kind: str, proto: str, table: str, slot: int, timeout: int) -> str:
-    return f"{kind}-{proto}-{table}-s{slot}-t{timeout}"
+def record_chain_name(proto: str, timeout: int) -> str:
+    return f"record-{proto}-t{timeout}"
 
 
 def _parse(name: str) -> tuple[str, str, str, int, int, int | None]:
@@ -145,9 +200,8 @@ def dispatch_rules(name: str, cfg: NodeConfig) -> tuple[str, ...]:
     """The rules of a dispatch chain follow from its name (see ``_parse``).
 
     Without affinity, ``numgen random mod n`` picks slot i of the service's n slots: equal shares. With ClientIP
-    affinity the choice is remembered per slot: slot i's chain adds (client, service) to a dynamic set with the
-    service's timeout, and later connections of that client find it there first (O(n) set lookups, for affinity
-    services only)."""
+    affinity a lookup of (client, service) in ``affinity-<proto>`` comes first and DNATs straight to the
+    endpoint recorded there; without an entry it falls through to numgen (one lookup more, whatever n)."""
     kind, proto, mode, n, c, timeout = _parse(name)
     key = IP_KEY if kind == "ip" else NP_KEY
     mark = f"meta mark set meta mark | 0x{cfg.masquerade_mark:x}"
@@ -155,13 +209,10 @@ def dispatch_rules(name: str, cfg: NodeConfig) -> tuple[str, ...]:
 
     def pick(cond: str, count: int, table: str) -> list[str]:
         prefix = f"{cond} " if cond else ""
+        numgen = f"{prefix}dnat ip to {key} . numgen random mod {count} map @{kind}-{proto}-{table}"
         if timeout is None:
-            return [f"{prefix}dnat ip to {key} . numgen random mod {count} map @{kind}-{proto}-{table}"]
-        slots = [slot_chain_name(kind, proto, table, i, timeout) for i in range(count)]
-        out = [f"{prefix}ip saddr . {key} @{affinity_set_name(kind, proto, table, i)} goto {chain}"
-               for i, chain in enumerate(slots)]
-        vmap = ", ".join(f"{i} : goto {chain}" for i, chain in enumerate(slots))
-        return [*out, f"{prefix}numgen random mod {count} vmap {{ {vmap} }}"]
+            return [numgen]
+        return [f"{prefix}dnat ip to ip saddr . ip daddr . {proto} dport map @{affinity_map_name(proto)}", numgen]
 
     if mode == "c":
         if cfg.masquerade_all:
@@ -181,23 +232,27 @@ def dispatch_rules(name: str, cfg: NodeConfig) -> tuple[str, ...]:
     return tuple(rules)
 
 
-def affinity_objects(name: str) -> tuple[list[Set], list[tuple[Chain, tuple[str, ...]]]]:
-    """The dynamic sets and slot chains a dispatch chain with affinity needs (shared between services)."""
-    kind, proto, mode, n, c, timeout = _parse(name)
+def record_chain(name: str) -> tuple[Chain, tuple[str, ...]] | None:
+    """The record chain the services of a dispatch chain with affinity use (shared by every dispatch chain of
+    that protocol and timeout)."""
+    _, proto, _, _, _, timeout = _parse(name)
     if timeout is None:
-        return [], []
-    key = IP_KEY if kind == "ip" else NP_KEY
-    sets: list[Set] = []
-    chains: list[tuple[Chain, tuple[str, ...]]] = []
-    for table, count in (("backends", n), ("cluster-backends", c if mode == "l" else 0)):
-        for i in range(count):
-            aff = affinity_set_name(kind, proto, table, i)
-            sets.append(Set(aff, f"typeof ip saddr . {key}", flags=("dynamic", "timeout"), size=AFFINITY_SET_SIZE))
-            chains.append((Chain(slot_chain_name(kind, proto, table, i, timeout)), (
-                f"update @{aff} {{ ip saddr . {key} timeout {timeout}s }}",
-                f"dnat ip to {key} . numgen inc mod 1 offset {i} map @{kind}-{proto}-{table}",
-            )))
-    return sets, chains
+        return None
+    return Chain(record_chain_name(proto, timeout)), (
+        # "meta l4proto" lets nft 1.0.6 type "ct original proto-dst".
+        f"meta l4proto {proto} update @{affinity_map_name(proto)} {{ ip saddr . ct original ip daddr . "
+        f"ct original proto-dst timeout {timeout}s : ip daddr . {proto} dport }}",)
+
+
+# Which endpoints an affinity entry may point to: (protocol, service address or None for a NodePort, port).
+StickyKey = tuple[str, str | None, int]
+
+
+def sticky_key(entry_key: str, proto: str) -> tuple[StickyKey, StickyKey]:
+    """The two service keys an ``affinity-<proto>`` entry ("client . address . port") may belong to: a
+    service address, else a NodePort on a node address."""
+    _, addr, port = entry_key.split(" . ")
+    return (proto, addr, int(port)), (proto, None, int(port))
 
 
 _PROTO = {Protocol.TCP: "tcp", Protocol.UDP: "udp", Protocol.SCTP: "sctp"}
@@ -211,6 +266,7 @@ class _Walk:
     def __init__(self) -> None:
         self.hairpin: set[str] = set()  # kept apart from the elements: services share hairpin entries
         self.chains: set[str] = set()  # the dispatch chains the elements jump to
+        self.sticky: dict[StickyKey, set[str]] = {}  # affinity destinations -> their endpoints
 
     def _put(self, set_name: str, key: str, value: str | None) -> None:
         raise NotImplementedError
@@ -227,6 +283,13 @@ class _Walk:
                 name = f"{name}-a{affinity}"
             self.chains.add(name)
             self._put("service-ips" if kind == "ip" else "service-nodeports", key, f"goto {name}")
+            if affinity is not None:
+                self._put("affinity-ips" if kind == "ip" else "affinity-nodeports", key,
+                          f"goto {record_chain_name(proto, affinity)}")
+                parts = key.split(" . ")
+                where: StickyKey = (proto, parts[0], int(parts[2])) if kind == "ip" else (proto, None, int(parts[1]))
+                self.sticky.setdefault(where, set()).update(
+                    f"{ipv4_text(b.ip)} . {b.port}" for b in (*backends, *cluster))
             self._slots(f"{kind}-{proto}-backends", key, backends)
             if mode == "l":
                 self._slots(f"{kind}-{proto}-cluster-backends", key, cluster)
@@ -286,7 +349,8 @@ class Contribution(_Walk):
 class ElementText(_Walk):
     """The elements of many services as nft element text ("key" or "key : value") by set, for a full sync:
     one string per element and no per-element tuples or dicts (a 10k-service sync renders 110k of them).
-    ``chains`` and ``hairpin`` are those of the service walked last (``start`` clears them)."""
+    ``chains`` and ``hairpin`` are those of the service walked last (``start`` clears them); ``sticky`` is that
+    of all services."""
 
     def __init__(self) -> None:
         super().__init__()

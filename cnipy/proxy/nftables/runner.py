@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import json
 import re
 import subprocess
 import threading
@@ -18,6 +19,8 @@ from cnipy.proxy.nftables.transaction import (
     Chain,
     Element,
     Elements,
+    Entries,
+    Entry,
     RenderedElements,
     Rule,
     Set,
@@ -41,6 +44,9 @@ class NftInterface(Protocol):
 
     def has_element(self, set_name: str, key: str) -> bool:
         """Is this key in the set or map (False also when the set or table is missing)?"""
+
+    def list_map(self, name: str) -> list[Entry] | None:
+        """The elements of a map with their timers, or None when the map (or table) does not exist."""
 
 
 class Nft:
@@ -113,6 +119,19 @@ class Nft:
                                f"{{ {key} }}"], text=True, capture_output=True, timeout=self.timeout)
         return proc.returncode == 0
 
+    def list_map(self, name: str) -> list[Entry] | None:
+        try:
+            proc = subprocess.run([*self.prefix, self.binary, "-j", "list", "map", self.family, self.table, name],
+                                  text=True, capture_output=True, timeout=self.timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ApplyError(f"nft could not list map {name}: {exc}") from exc
+        if proc.returncode != 0:
+            return None
+        try:
+            return parse_map_json(proc.stdout)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ApplyError(f"nft -j list map {name}: unexpected output: {exc}") from exc
+
     def list_rules(self, chain: str) -> list[str] | None:
         proc = subprocess.run([*self.prefix, self.binary, "list", "chain", self.family, self.table, chain],
                               text=True, capture_output=True, timeout=self.timeout)
@@ -120,6 +139,25 @@ class Nft:
             return None
         lines = [ln.strip() for ln in proc.stdout.splitlines()]
         return [ln for ln in lines if ln and not ln.startswith(("table ", "chain ", "type ", "}"))]
+
+
+def _text(part: object) -> str:
+    """A JSON key or value (a plain value or a concatenation) in nft's element syntax."""
+    if isinstance(part, dict) and "concat" in part:
+        return " . ".join(map(str, part["concat"]))
+    if isinstance(part, str | int):
+        return str(part)
+    raise ValueError(f"element part {part!r}")
+
+
+def parse_map_json(text: str) -> list[Entry]:
+    """The elements of ``nft -j list map`` output (nft 1.0.6: timeout and expires in whole seconds)."""
+    entries = []
+    for obj in json.loads(text)["nftables"]:
+        for key, value in obj.get("map", {}).get("elem", []):
+            elem = key.get("elem", {"val": key}) if isinstance(key, dict) else {"val": key}
+            entries.append(Entry(_text(elem["val"]), _text(value), elem.get("timeout"), elem.get("expires")))
+    return entries
 
 
 _REF_CHAIN = re.compile(r"\b(?:jump|goto)\s+([A-Za-z][A-Za-z0-9_.-]*)")
@@ -136,6 +174,7 @@ class _Chain:
 class _Set:
     spec: Set
     elements: dict[str, str | None] = field(default_factory=dict)
+    timers: dict[str, tuple[int, float]] = field(default_factory=dict)  # key -> (timeout, deadline)
 
 
 @dataclass
@@ -154,6 +193,34 @@ class FakeNft:
         self.state: _Table | None = None
         self.transactions = 0
         self.fail_next: str | None = None  # make the next run fail, as a flaky nft would
+        self.now = 0.0  # the clock element timeouts run on; tests move it forward
+
+    def _expire(self, t: _Table | None) -> None:
+        for s in t.sets.values() if t else ():
+            for key in [k for k, (_, deadline) in s.timers.items() if deadline <= self.now]:
+                del s.timers[key], s.elements[key]
+
+    def record(self, set_name: str, key: str, value: str, timeout: int) -> None:
+        """What an ``update @map { key timeout Ns : value }`` rule does for a packet: add the element, or
+        restart the timer of the one there (keeping its value)."""
+        self._expire(self.state)
+        assert self.state is not None
+        s = self.state.sets[set_name]
+        if "dynamic" not in s.spec.flags or "timeout" not in s.spec.flags:
+            raise FakeApplyError("EOPNOTSUPP", f"{set_name} is not a dynamic map with timeouts")
+        s.elements.setdefault(key, value)
+        s.timers[key] = (timeout, self.now + timeout)
+
+    def list_map(self, name: str) -> list[Entry] | None:
+        self._expire(self.state)
+        if self.state is None or name not in self.state.sets:
+            return None
+        s = self.state.sets[name]
+        out = []
+        for key, value in s.elements.items():
+            timeout, deadline = s.timers.get(key, (None, None))
+            out.append(Entry(key, value or "", timeout, None if deadline is None else int(deadline - self.now)))
+        return out
 
     def run(self, tx: Transaction) -> None:
         if (tx.family, tx.table) != (self.family, self.table):
@@ -161,6 +228,7 @@ class FakeNft:
         if self.fail_next is not None:
             msg, self.fail_next = self.fail_next, None
             raise FakeApplyError("EIO", msg)
+        self._expire(self.state)
         work = copy.deepcopy(self.state)
         for verb, obj in tx.iter_ops():
             work = self._apply(work, verb, obj)
@@ -168,6 +236,7 @@ class FakeNft:
         self.transactions += 1
 
     def has_element(self, set_name: str, key: str) -> bool:
+        self._expire(self.state)
         return self.state is not None and key in self.state.sets.get(set_name, _Set(Set(set_name, ""))).elements
 
     def list_rules(self, chain: str) -> list[str] | None:
@@ -203,7 +272,20 @@ class FakeNft:
             case RenderedElements():
                 parsed = [item.partition(" : ") for item in obj.items]
                 self._elements(t, verb, obj.set, [(k, v if sep else None) for k, sep, v in parsed])
+            case Entries():
+                self._entries(t, obj)
         return t
+
+    def _entries(self, t: _Table, obj: Entries) -> None:
+        self._elements(t, Verb.ADD, obj.set, [(e.key, e.value) for e in obj.items])
+        s = t.sets[obj.set]
+        for e in obj.items:
+            if e.timeout is None:
+                continue
+            if "timeout" not in s.spec.flags:
+                raise FakeApplyError("EINVAL", f"element {e.key} of {obj.set}: timeout on a set without timeouts")
+            left = e.timeout if e.expires is None else min(max(e.expires, 1), e.timeout)  # as Entry.text sends it
+            s.timers[e.key] = (e.timeout, self.now + left)
 
     def _chain(self, t: _Table, verb: Verb, obj: Chain) -> None:
         have = t.chains.get(obj.name)
@@ -271,6 +353,7 @@ class FakeNft:
                 if key not in s.elements:
                     raise FakeApplyError("ENOENT", f"delete element {set_name} {{ {key} }}: not present")
                 del s.elements[key]
+                s.timers.pop(key, None)
                 continue
             if s.spec.is_map != (value is not None):
                 raise FakeApplyError("EINVAL", f"element {key} of {set_name}: map needs a value, set none")
@@ -282,6 +365,7 @@ class FakeNft:
 
     def dump(self) -> str:
         """Canonical text: sets and chains sorted by name, elements sorted, rules in order."""
+        self._expire(self.state)
         if self.state is None:
             return ""
         out = [f"table {self.family} {self.table}"]
@@ -291,7 +375,8 @@ class FakeNft:
                        f"{' flags ' + ','.join(s.spec.flags) if s.spec.flags else ''} }}")
             for key in sorted(s.elements):
                 value = s.elements[key]
-                out.append(f"    {key}" + ("" if value is None else f" : {value}"))
+                timer = f" timeout {s.timers[key][0]}s" if key in s.timers else ""
+                out.append(f"    {key}{timer}" + ("" if value is None else f" : {value}"))
         for name in sorted(self.state.chains):
             c = self.state.chains[name]
             out.append(f"  chain {name}{c.spec.spec()}")
@@ -299,5 +384,6 @@ class FakeNft:
         return "\n".join(out) + "\n"
 
     def elements(self, set_name: str) -> dict[str, str | None]:
+        self._expire(self.state)
         assert self.state is not None
         return dict(self.state.sets[set_name].elements)

@@ -87,7 +87,29 @@ class RenderedElements:
     items: Sequence[str]
 
 
-Object = Table | Chain | Rule | Set | Element | Elements | RenderedElements
+@dataclass(frozen=True)
+class Entry:
+    """An element of a dynamic map with its timer: what ``list_map`` reads and a full sync re-adds."""
+
+    key: str
+    value: str
+    timeout: int | None = None  # seconds
+    expires: int | None = None  # seconds left
+
+    def text(self) -> str:
+        timer = "" if self.timeout is None else f" timeout {self.timeout}s"
+        if self.timeout is not None and self.expires is not None:
+            timer += f" expires {min(max(self.expires, 1), self.timeout)}s"  # the kernel: ERANGE past the timeout
+        return f"{self.key}{timer} : {self.value}"
+
+
+@dataclass(frozen=True)
+class Entries:
+    set: str
+    items: tuple[Entry, ...]
+
+
+Object = Table | Chain | Rule | Set | Element | Elements | RenderedElements | Entries
 
 
 def _check_name(name: str) -> None:
@@ -113,6 +135,10 @@ def validate(verb: Verb, obj: Object) -> None:
             _check_name(obj.set)
             if any(not k or "\n" in k or (v is not None and "\n" in v) for k, v in obj.items):
                 raise ValueError(f"elements of {obj.set}: empty or multi-line key or value")
+        case Entries():
+            _check_name(obj.set)
+            if verb is not Verb.ADD or any("\n" in e.key + e.value or not e.key for e in obj.items):
+                raise ValueError(f"entries of {obj.set}: only additions of single-line elements")
         case RenderedElements():
             _check_name(obj.set)
             if "" in obj.items or "\n" in "".join(obj.items):  # both scans run in C
@@ -177,6 +203,10 @@ class Transaction:
             match obj:
                 case Elements():
                     yield from _element_lines(verb, where, obj.set, obj.items)
+                case Entries():
+                    for start in range(0, len(obj.items), _CHUNK):
+                        body = ", ".join(e.text() for e in obj.items[start:start + _CHUNK])
+                        yield f"{verb} element {where} {obj.set} {{ {body} }}\n"
                 case RenderedElements():
                     for start in range(0, len(obj.items), _CHUNK):
                         body = ", ".join(obj.items[start:start + _CHUNK])

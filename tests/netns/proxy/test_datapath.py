@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,8 @@ from cnipy.proxy.model import ClusterState
 from cnipy.proxy.plan import build_plans
 from cnipy.proxy.sync import Proxier
 from tests.netns.proxy.conftest import make_proxier
-from tests.netns.proxy.topology import Topology
+from tests.netns.proxy.topology import Topology, _veth
+from tests.support.netns import Netns
 from tests.unit.proxy.builders import config, endpoints, service, state
 
 CHI2_DF3_P001 = 16.27  # chi-square critical value, 3 degrees of freedom, p = 0.001
@@ -75,10 +77,99 @@ def test_client_ip_affinity_sticks(mode: str, topo_factory: Callable[..., Topolo
     counts = r["ok"]
     assert isinstance(counts, dict)
     assert r["fail"] == 0 and len(counts) == 1, counts
-    if mode == "nftables":  # the choice is remembered with the service's timeout
+    if mode == "nftables":  # the endpoint is remembered with the service's timeout
         (ep,) = counts
-        listing = topo.node.run("nft", "list", "set", "ip", "cnipy", f"ip-tcp-backends-aff{ep[2:]}").stdout
-        assert "192.168.100.2 . 10.96.0.10 . tcp . 80" in listing and "expires" in listing, listing
+        assert _affinity_entries(topo.node) == {("192.168.100.2", "10.96.0.10 . 80"): topo.endpoint_ips[int(ep[2:])]}
+
+
+def _affinity_entries(node: Netns) -> dict[tuple[str, str], str]:
+    """(client, service address . port) -> endpoint address, from the nftables back end's affinity map."""
+    from cnipy.proxy.nftables.runner import Nft
+    entries = Nft(prefix=("ip", "netns", "exec", node.name)).list_map("affinity-tcp")
+    assert entries is not None
+    assert all(e.timeout == 60 and e.expires is not None and 0 < e.expires <= 60 for e in entries), entries
+    return {(e.key.split(" . ", 1)[0], e.key.split(" . ", 1)[1]): e.value.split(" . ")[0] for e in entries}
+
+
+def _second_client(topo: Topology, make: Callable[[], Netns]) -> Netns:
+    """Another client namespace on its own link to the node: 192.168.102.2."""
+    client = make()
+    c, n = _veth(client, topo.node)
+    client.run("ip", "addr", "add", "192.168.102.2/24", "dev", c)
+    client.run("ip", "route", "add", "default", "via", "192.168.102.1")
+    topo.node.run("ip", "addr", "add", "192.168.102.1/24", "dev", n)
+    return client
+
+
+def _one_endpoint(topo: Topology, client: Netns, host: str, port: str, count: int = 25) -> str:
+    r = topo.probe("tcp", host, port, str(count), ns=client)
+    counts = r["ok"]
+    assert isinstance(counts, dict)
+    assert r["fail"] == 0 and len(counts) == 1 and sum(counts.values()) == count, r
+    (ep,) = counts
+    return str(ep)
+
+
+def test_client_ip_affinity_is_per_endpoint(mode: str, topo_factory: Callable[..., Topology],
+                                           netns_factory: Callable[[], Netns]) -> None:
+    """Clients stay on their endpoint while endpoints come (slots shift: ep0..ep3 sort before the first
+    two), move only when theirs goes (without a failed connection), and stay through a full resync and a
+    restarted proxy. Two clients, each on its own, and a NodePort (keyed by node address) too."""
+    topo = topo_factory(6)
+    ips = topo.endpoint_ips
+    other = _second_client(topo, netns_factory)
+    clients = {"a": topo.client, "b": other}
+    s = service("web", "10.96.0.10", type="NodePort", node_port=30080, affinity=60)
+    c = config()
+    p = sync(mode, topo, state((s, endpoints(s, ips[4], ips[5]))))
+    targets = [("a", "10.96.0.10", "80"), ("b", "10.96.0.10", "80"), ("a", "192.168.100.1", "30080")]
+    chosen = {t: _one_endpoint(topo, clients[t[0]], t[1], t[2]) for t in targets}
+    assert set(chosen.values()) <= {"ep4", "ep5"}
+
+    p.sync(build_plans(state((s, endpoints(s, *ips))), c), {s.key})  # ep0..ep3 take slots 0..3
+    assert {t: _one_endpoint(topo, clients[t[0]], t[1], t[2]) for t in targets} == chosen
+
+    gone = chosen[targets[0]]  # client a's endpoint leaves, and its server with it
+    topo.servers[int(gone[2:])].kill()
+    left = [ip for i, ip in enumerate(ips) if f"ep{i}" != gone]
+    plans = build_plans(state((s, endpoints(s, *left))), c)
+    p.sync(plans, {s.key})
+    moved = {t: _one_endpoint(topo, clients[t[0]], t[1], t[2]) for t in targets}
+    assert gone not in moved.values()
+    assert all(moved[t] == chosen[t] for t in targets if chosen[t] != gone), (chosen, moved)
+
+    p.sync(plans, None)  # a full resync replaces the rules
+    assert {t: _one_endpoint(topo, clients[t[0]], t[1], t[2]) for t in targets} == moved
+    make_proxier(mode, topo.node, c).sync(plans, None)  # a restarted proxy
+    assert {t: _one_endpoint(topo, clients[t[0]], t[1], t[2]) for t in targets} == moved
+    if mode == "nftables":
+        want = {("192.168.100.2", "10.96.0.10 . 80"), ("192.168.102.2", "10.96.0.10 . 80"),
+                ("192.168.100.2", "192.168.100.1 . 30080")}
+        entries = _affinity_entries(topo.node)
+        assert set(entries) == want, entries
+        assert ips[int(gone[2:])] not in entries.values()
+
+
+def test_nftables_affinity_entries_of_a_port_shared_with_a_node_port(topo_factory: Callable[..., Topology]) -> None:
+    """A cluster IP port equal to an affinity NodePort gets recorded too (nothing tells them apart after DNAT);
+    when that service gains affinity, entries that do not point to its endpoints are dropped first."""
+    from tests.conftest import need
+    need("nft")
+    topo = topo_factory(3)
+    ep0, ep1, ep2 = topo.endpoint_ips
+    x = service("x", "10.96.0.20", 30080)
+    y = service("y", "10.96.0.21", type="NodePort", node_port=30080, affinity=60)
+    z = service("z", "10.96.0.22")
+    p = sync("nftables", topo, state((x, endpoints(x, ep0)), (y, endpoints(y, ep1)), (z, endpoints(z, ep0))))
+    assert _one_endpoint(topo, topo.client, "10.96.0.20", "30080", 3) == "ep0"
+    assert _one_endpoint(topo, topo.client, "10.96.0.22", "80", 3) == "ep0"
+    assert _one_endpoint(topo, topo.client, "192.168.100.1", "30080", 3) == "ep1"
+    assert _affinity_entries(topo.node) == {("192.168.100.2", "192.168.100.1 . 30080"): ep1,
+                                            ("192.168.100.2", "10.96.0.20 . 30080"): ep0}
+    topo.servers[0].kill()  # x moves to ep1 and ep2 and gains affinity: its old entry must not be used
+    sticky_x = dataclasses.replace(x, affinity_timeout=60)
+    p.sync(build_plans(state((sticky_x, endpoints(x, ep1, ep2)), (y, endpoints(y, ep1))), config()), {x.key, z.key})
+    assert _one_endpoint(topo, topo.client, "10.96.0.20", "30080", 10) in ("ep1", "ep2")
 
 
 def test_service_without_endpoints_rejects_at_once(mode: str, topo_factory: Callable[..., Topology]) -> None:
@@ -205,7 +296,7 @@ def test_iptables_full_resync_and_restart_keep_one_jump_each(variant: str, netns
     save = node.run("iptables-legacy-save" if variant == "iptables-legacy" else "iptables-save").stdout
     jumps = [ln for ln in save.splitlines() if ln.startswith("-A ") and ln.split()[1] in
              ("PREROUTING", "OUTPUT", "POSTROUTING", "INPUT", "FORWARD")]
-    assert len(jumps) == len(set(jumps)) == 12, jumps
+    assert len(jumps) == len(set(jumps)) == 14, jumps
     assert ":KUBE-PROXY-CANARY" in save
 
 

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cnipy.proxy.command import proxy_command
@@ -68,3 +70,13 @@ def test_runtime_errors_become_messages_not_tracebacks(tmp_path: object) -> None
     result = CliRunner().invoke(proxy_command, ["--kubeconfig", str(bad), "--node-name", "n1", "--once"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.startswith("Error: ") and "kubeconfig" in result.output, result.output
+
+
+def test_conntrack_liberal_follows_the_sysctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnipy.proxy import command
+    sysctl = tmp_path / "nf_conntrack_tcp_be_liberal"
+    monkeypatch.setattr(command, "Path", lambda _p: sysctl)
+    assert command._conntrack_tcp_liberal() is False  # no conntrack sysctl: not liberal
+    for text, liberal in (("0\n", False), ("1\n", True)):
+        sysctl.write_text(text)
+        assert command._conntrack_tcp_liberal() is liberal

@@ -1,16 +1,17 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
 from cnipy.proxy.errors import ApplyError, FakeApplyError
 from cnipy.proxy.iptables import names
-from cnipy.proxy.iptables.backend import IptablesProxier
+from cnipy.proxy.iptables.backend import IptablesProxier, _list_first_pays
 from cnipy.proxy.iptables.runner import FakeIptables
 from cnipy.proxy.model import ClusterState
 from cnipy.proxy.plan import build_plans, changed_services
-from tests.unit.proxy.builders import config, endpoints, service, state
+from tests.unit.proxy.builders import config, endpoints, scale_state, service, state
 from tests.unit.proxy.goldens import check_golden
 from tests.unit.proxy.scenarios import feature_state
 from tests.unit.proxy.test_nftables import _mutate
@@ -141,3 +142,85 @@ def test_fake_refuses_repeated_destination() -> None:
     fake = FakeIptables()
     with pytest.raises(FakeApplyError):
         fake.restore("*nat\n:KUBE-X - [0:0]\n-A KUBE-X -d 10.0.0.0/8 ! -d 127.0.0.0/8 -j RETURN\nCOMMIT\n")
+
+
+def test_filter_accepts_run_after_our_drops_and_follow_conntrack_liberal() -> None:
+    s = service("lb", "10.96.0.12", type="LoadBalancer", node_port=30081, lb_ips=("192.0.2.12",), etp="Local",
+                hc_port=30999)
+    st = state((s, endpoints(s, "10.244.2.7", node="node2")))  # no local endpoint: the port is served anyway
+    fake, _ = synced(st)
+    fwd = fake.tables["filter"]["FORWARD"]
+    # The accepts come after our drops and rejects (KUBE-SERVICES, KUBE-PROXY-FIREWALL, KUBE-FIREWALL) and see
+    # every packet, not only NEW ones.
+    assert fwd[-1][-1] == names.KUBE_FORWARD and "--ctstate" not in fwd[-1]
+    inp = [r[-1] for r in fake.tables["filter"]["INPUT"]]
+    assert inp[0] == names.KUBE_FIREWALL and inp[-1] == names.KUBE_NODEPORTS
+    forward = fake.tables["filter"][names.KUBE_FORWARD]
+    assert forward[0] == ("-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+    assert forward[1][-6:] == ("-m", "mark", "--mark", "0x4000/0x4000", "-j", "ACCEPT")
+    assert fake.tables["filter"][names.KUBE_NODEPORTS] == [
+        ("-m", "comment", "--comment", "default/lb health check node port", "-m", "tcp", "-p", "tcp",
+         "--dport", "30999", "-j", "ACCEPT")]
+    liberal, _ = synced(st, conntrack_tcp_liberal=True)
+    assert [r[-1] for r in liberal.tables["filter"][names.KUBE_FORWARD]] == ["ACCEPT", "ACCEPT"]
+
+
+def test_health_check_accept_follows_the_service_and_cleanup_removes_the_chains() -> None:
+    cfg = config()
+    s = service("lb", "10.96.0.12", type="LoadBalancer", node_port=30081, etp="Local", hc_port=30999)
+    fake, proxier = synced(state((s, endpoints(s, "10.244.1.7"))))
+    assert len(fake.tables["filter"][names.KUBE_NODEPORTS]) == 1
+    proxier.sync(build_plans(state(), cfg), {s.key})
+    assert fake.tables["filter"][names.KUBE_NODEPORTS] == []
+    proxier.cleanup()
+    assert not {names.KUBE_FORWARD, names.KUBE_NODEPORTS} & set(fake.tables["filter"])
+    assert not [r for c in ("INPUT", "FORWARD") for r in fake.tables["filter"][c]]
+
+
+def test_several_cluster_cidrs_masquerade_only_traffic_from_none_of_them() -> None:
+    # One "! -s" rule per CIDR would mark everything: each source is outside all CIDRs but one.
+    from ipaddress import IPv4Network
+    nets = (IPv4Network("10.244.0.0/16"), IPv4Network("10.245.0.0/16"))
+    s = service("web", "10.96.0.10")
+    fake, proxier = synced(state((s, endpoints(s, "10.244.1.2"))), cluster_cidrs=nets)
+    head = fake.tables["nat"][names.svc_chain("default/web", "tcp")][0]
+    assert head[-2:] == ("-j", names.KUBE_MASQ_OFF_CLUSTER) and "!" not in head
+    assert [r[-3:] for r in fake.tables["nat"][names.KUBE_MASQ_OFF_CLUSTER]] == [
+        ("10.244.0.0/16", "-j", "RETURN"), ("10.245.0.0/16", "-j", "RETURN"), ("-j", names.KUBE_MARK_MASQ)]
+    one, _ = synced(state((s, endpoints(s, "10.244.1.2"))))
+    assert names.KUBE_MASQ_OFF_CLUSTER not in one.tables["nat"]
+    proxier.cleanup()
+    assert names.KUBE_MASQ_OFF_CLUSTER not in fake.tables["nat"]
+
+
+def test_iptables_nft_restores_list_the_table_first_when_they_name_many_chains() -> None:
+    # iptables-nft's --noflush restore is quadratic in the chains it names unless a chain-less "-S" comes first
+    # (backend._list_first_pays); the "-S" must follow the jumps from the built-in chains (which create them).
+    cfg = config()
+    st = scale_state(30, 10)  # 330 service chains
+    fake = FakeIptables(quadratic_chain_names=True)
+    proxier = IptablesProxier(fake, cfg)
+    seen: list[str] = []
+    real = fake.restore
+    fake.restore = lambda text: (seen.append(text), real(text))[1]  # type: ignore[method-assign,func-returns-value]
+    plans = build_plans(st, cfg)
+    proxier.sync(plans, None)
+    nat = seen[0].split("*nat\n")[1].split("COMMIT")[0].splitlines()
+    assert nat.count("-S") == 1
+    listed = nat.index("-S")
+    assert max(i for i, line in enumerate(nat) if line.startswith("-I ")) < listed
+    assert min(i for i, line in enumerate(nat) if line.startswith((":KUBE-SVC-", ":KUBE-SEP-"))) > listed
+    assert "-S" not in seen[0].split("*nat\n")[0].splitlines()  # filter names a few chains only
+    reference, _ = synced(st)
+    assert fake.dump() == reference.dump() and fake.listed == 1
+    # One service changed: a few chains, no listing.
+    key = sorted(st.services)[0]
+    new = replace(st, slices={**st.slices, key: (endpoints(st.services[key], "10.250.0.1"),)})
+    proxier.sync(build_plans(new, cfg), {key})
+    assert "-S" not in seen[1].splitlines() and fake.listed == 1
+    proxier.sync(build_plans(new, cfg), None)
+    assert fake.dump() == synced(new)[0].dump()
+    # Listing pays when the chains named outweigh the rules read back: a cold start, a full resync at 10k
+    # services (110k chains, 420k rules); not one service among 10k, nor a tiny restore.
+    assert _list_first_pays(11_000, 0) and _list_first_pays(110_000, 420_000)
+    assert not _list_first_pays(11, 420_000) and not _list_first_pays(100, 0)

@@ -9,8 +9,17 @@ import pytest
 from cnipy.proxy.errors import ApplyError, FakeApplyError
 from cnipy.proxy.model import ClusterState, ServiceKey
 from cnipy.proxy.nftables.backend import NftablesProxier
-from cnipy.proxy.nftables.runner import FakeNft
-from cnipy.proxy.nftables.transaction import Chain, Element, RenderedElements, Rule, Set, Table, Transaction
+from cnipy.proxy.nftables.runner import FakeNft, parse_map_json
+from cnipy.proxy.nftables.transaction import (
+    Chain,
+    Element,
+    Entry,
+    RenderedElements,
+    Rule,
+    Set,
+    Table,
+    Transaction,
+)
 from cnipy.proxy.plan import build_plans, changed_services
 from tests.unit.proxy.builders import config, endpoints, scale_state, service, state
 from tests.unit.proxy.goldens import check_golden
@@ -224,3 +233,135 @@ def test_repair_detects_flushed_table() -> None:
     tx.flush(Set("service-ips", "type ipv4_addr . inet_proto . inet_service : verdict", is_map=True))
     fake.run(tx)
     assert proxier.needs_repair()  # the chains are intact, the maps were emptied
+
+
+def test_forward_drops_invalid_unless_conntrack_is_liberal() -> None:
+    # kube-proxy's KUBE-FORWARD INVALID drop; its accepts have no nftables equivalent (an accept in our table
+    # does not override a drop elsewhere), so the chain holds the drop only, or nothing.
+    s = service("web", "10.96.0.10")
+    fake, _ = synced(state((s, endpoints(s, "10.244.1.2"))))
+    assert fake.list_rules("filter-forward") == ["ct state invalid drop"]
+    assert "type filter hook forward priority -110" in fake.dump()
+    liberal, _ = synced(state((s, endpoints(s, "10.244.1.2"))), conntrack_tcp_liberal=True)
+    assert liberal.list_rules("filter-forward") == []
+
+
+# ClientIP affinity: entries (client . service address . port -> endpoint) are written by the packet path; the
+# fake's record() does what the "update @affinity-<proto>" rule does for a new connection.
+def _sticky(*ips: str, affinity: int | None = 60) -> ClusterState:
+    s = service("web", "10.96.0.10", type="NodePort", node_port=30080, affinity=affinity)
+    return state((s, endpoints(s, *ips)))
+
+
+def _record(fake: FakeNft, client: str, dest: str, endpoint: str) -> None:
+    fake.record("affinity-tcp", f"{client} . {dest}", f"{endpoint} . 8080", 60)
+
+
+def test_golden_affinity_layout() -> None:
+    s = service("web", "10.96.0.10", type="NodePort", node_port=30080, affinity=60, etp="Local")
+    u = service("dns", "10.96.0.53", 53, protocol="UDP", target=53, affinity=100)
+    st = state((s, endpoints(s, "10.244.1.2", "10.244.2.2", nodes={"10.244.2.2": "node2"})),
+               (u, endpoints(u, "10.244.1.5", port=53)))
+    fake, _ = synced(st)
+    dump = fake.dump()
+    check_golden("nftables_affinity.txt", dump)
+    # One lookup before numgen, whatever the number of endpoints; no per-slot or per-service objects.
+    assert "dnat ip to ip saddr . ip daddr . tcp dport map @affinity-tcp" in dump
+    assert "aff0" not in dump and "-s0-" not in dump
+    assert fake.elements("affinity-nodeports") == {"tcp . 30080": "goto record-tcp-t60"}
+    assert fake.elements("affinity-ips") == {"10.96.0.10 . tcp . 80": "goto record-tcp-t60",
+                                             "10.96.0.53 . udp . 53": "goto record-udp-t100"}
+
+
+def test_partial_sync_purges_entries_of_departed_endpoints() -> None:
+    cfg = config()
+    fake, proxier = synced(_sticky("10.244.1.2", "10.244.1.3"))
+    _record(fake, "192.168.0.1", "10.96.0.10 . 80", "10.244.1.2")
+    _record(fake, "192.168.0.2", "10.96.0.10 . 80", "10.244.1.3")
+    _record(fake, "192.168.0.1", "192.168.100.1 . 30080", "10.244.1.2")  # a NodePort, by node address
+    key = ServiceKey("default", "web")
+    # Endpoints sorting before the others shift the slots; the entries stay as they are.
+    proxier.sync(build_plans(_sticky("10.244.1.0", "10.244.1.1", "10.244.1.2", "10.244.1.3"), cfg), {key})
+    assert len(fake.elements("affinity-tcp")) == 3
+    # An entry recorded between the listing and the commit goes in a second transaction.
+    real_run = fake.run
+
+    def racing(tx: Transaction) -> None:
+        _record(fake, "192.168.0.3", "10.96.0.10 . 80", "10.244.1.2")
+        fake.run = real_run  # type: ignore[method-assign]
+        real_run(tx)
+
+    fake.run = racing  # type: ignore[method-assign]
+    proxier.sync(build_plans(_sticky("10.244.1.0", "10.244.1.1", "10.244.1.3"), cfg), {key})
+    assert fake.elements("affinity-tcp") == {"192.168.0.2 . 10.96.0.10 . 80": "10.244.1.3 . 8080"}
+    # An entry that expires between the listing and the commit does not fail the transaction.
+    _record(fake, "192.168.0.4", "10.96.0.10 . 80", "10.244.1.0")
+    real_list = fake.list_map
+
+    def listed_then_expired(name: str) -> list[Entry] | None:
+        entries = real_list(name)
+        fake.now += 61
+        return entries
+
+    fake.list_map = listed_then_expired  # type: ignore[method-assign]
+    proxier.sync(build_plans(_sticky("10.244.1.1", "10.244.1.3"), cfg), {key})
+    fake.list_map = real_list  # type: ignore[method-assign]
+    assert fake.elements("affinity-tcp") == {}  # 192.168.0.2's entry expired with the clock
+    # Losing affinity, or the service going, purges every entry of the service.
+    _record(fake, "192.168.0.2", "10.96.0.10 . 80", "10.244.1.3")
+    proxier.sync(build_plans(_sticky("10.244.1.1", "10.244.1.3", affinity=None), cfg), {key})
+    assert fake.elements("affinity-tcp") == {}
+    assert "record-tcp-t60" not in fake.dump()
+    proxier.sync(build_plans(_sticky("10.244.1.1", "10.244.1.3"), cfg), {key})
+    _record(fake, "192.168.0.2", "10.96.0.10 . 80", "10.244.1.3")
+    proxier.sync(build_plans(ClusterState(services={}, slices={}), cfg), {key})
+    assert fake.elements("affinity-tcp") == {}
+    # A service address gaining affinity: entries recorded for it by the NodePort rule (a port equal to an
+    # affinity NodePort) that point elsewhere than its endpoints go.
+    proxier.sync(build_plans(_sticky("10.244.1.3", affinity=None), cfg), {key})
+    _record(fake, "192.168.0.2", "10.96.0.10 . 80", "10.244.1.9")
+    _record(fake, "192.168.0.5", "10.96.0.10 . 80", "10.244.1.3")
+    proxier.sync(build_plans(_sticky("10.244.1.3"), cfg), {key})
+    assert fake.elements("affinity-tcp") == {"192.168.0.5 . 10.96.0.10 . 80": "10.244.1.3 . 8080"}
+
+
+def test_full_sync_carries_over_still_valid_entries() -> None:
+    cfg = config()
+    other = service("other", "10.96.0.20", affinity=60)
+    plain = service("plain", "10.96.0.30")
+    s = _sticky("10.244.1.2", "10.244.1.3").services[ServiceKey("default", "web")]
+    before = state((s, endpoints(s, "10.244.1.2", "10.244.1.3")), (other, endpoints(other, "10.244.1.4")),
+                   (plain, endpoints(plain, "10.244.1.5")))
+    fake, _ = synced(before)
+    _record(fake, "192.168.0.1", "10.96.0.10 . 80", "10.244.1.2")
+    _record(fake, "192.168.0.2", "10.96.0.10 . 80", "10.244.1.3")
+    _record(fake, "192.168.0.2", "192.168.100.1 . 30080", "10.244.1.3")
+    _record(fake, "192.168.0.3", "10.96.0.20 . 80", "10.244.1.4")
+    fake.now += 20
+    # A restarted proxy (no memory of what it applied) does a full sync: 10.244.1.2 has left web, other has
+    # lost affinity.
+    other_plain = dataclasses.replace(other, affinity_timeout=None)
+    after = state((s, endpoints(s, "10.244.1.3", "10.244.1.6")), (other_plain, endpoints(other, "10.244.1.4")),
+                  (plain, endpoints(plain, "10.244.1.5")))
+    restarted = NftablesProxier(fake, cfg)
+    restarted.sync(build_plans(after, cfg), None)
+    kept = {e.key: e for e in fake.list_map("affinity-tcp") or ()}
+    assert set(kept) == {"192.168.0.2 . 10.96.0.10 . 80", "192.168.0.2 . 192.168.100.1 . 30080"}
+    assert all(e.value == "10.244.1.3 . 8080" and e.timeout == 60 and e.expires == 40 for e in kept.values())
+    fake.now += 40  # the timers ran on: they were not restarted
+    assert fake.elements("affinity-tcp") == {}
+    # Without affinity services a full sync does not read the maps at all.
+    fake.list_map = None  # type: ignore[assignment,method-assign]
+    NftablesProxier(fake, cfg).sync(build_plans(state((plain, endpoints(plain, "10.244.1.5"))), cfg), None)
+
+
+def test_parse_map_json_of_nft_1_0_6() -> None:
+    text = ('{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"map": {"family": "ip", "name": "affinity-tcp", '
+            '"table": "cnipy", "type": ["ipv4_addr", "ipv4_addr", "inet_service"], "map": "ipv4_addr . '
+            'inet_service", "flags": ["timeout"], "elem": [[{"elem": {"val": {"concat": ["1.2.3.4", "10.96.0.10", '
+            '80]}, "timeout": 60, "expires": 29}}, {"concat": ["10.244.1.10", 8080]}]]}}]}')
+    assert parse_map_json(text) == [Entry("1.2.3.4 . 10.96.0.10 . 80", "10.244.1.10 . 8080", 60, 29)]
+    assert Entry("1.2.3.4 . 10.96.0.10 . 80", "10.244.1.10 . 8080", 60, 0).text() == \
+        "1.2.3.4 . 10.96.0.10 . 80 timeout 60s expires 1s : 10.244.1.10 . 8080"
+    # The kernel refuses (ERANGE) an element that expires after its timeout.
+    assert Entry("k", "v", 10, 30).text() == "k timeout 10s expires 10s : v"
