@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,8 +18,19 @@ class StatusHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
+class StatusHTTPServer6(StatusHTTPServer):
+    """An IPv6 host; "::" takes IPv4 connections too (IPV6_V6ONLY off, whatever net.ipv6.bindv6only says)."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 def serve(host: str, port: int, respond: Responder, *, start: bool = True) -> StatusHTTPServer:
-    """Bind `host:port` (port 0: any free port) and, unless start=False, serve in a daemon thread."""
+    """Bind `host:port` (port 0: any free port; an IPv6 host such as "::" serves both families) and, unless
+    start=False, serve in a daemon thread."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
@@ -33,7 +45,7 @@ def serve(host: str, port: int, respond: Responder, *, start: bool = True) -> St
         def log_message(self, format: str, *args: object) -> None:
             return None
 
-    server = StatusHTTPServer((host, port), Handler)
+    server = (StatusHTTPServer6 if ":" in host else StatusHTTPServer)((host, port), Handler)
     if start:
         start_thread(server)
     return server

@@ -3,10 +3,11 @@
     sources      manifests.py (YAML/JSON files, watched), kubeapi.py (list + watch), objects.py (API objects ->
                  model), labels.py (label keys/values and selectors)
     model.py     Service, ServicePort, EndpointSlice, Endpoint, Pod, ClusterState: frozen, ipaddress-typed
-    plan.py      per service port: which endpoints serve internal and external traffic on this node
-    nftables/    table ``ip cnipy``: verdict-map dispatch, numgen slot maps; Transaction, Nft, FakeNft
+    plan.py      per service port and IP family: which endpoints serve internal and external traffic here
+    nftables/    table ``ip cnipy`` / ``ip6 cnipy``: verdict-map dispatch, numgen slot maps; Transaction, Nft, FakeNft
     iptables/    kube-proxy's chains and hashed names; iptables-restore --noflush; Iptables, FakeIptables
     daemon.py    the sync loop (coalescing, full resync, self-repair, retry, UDP conntrack cleanup)
+    dualstack.py MetaProxier: one proxier per IP family behind one daemon
     health.py    /healthz, /metrics and healthCheckNodePort servers; metrics.py the Prometheus text
     command.py   ``cnipy proxy`` (also ``python -m cnipy.proxy``)
 """

@@ -1,4 +1,9 @@
-"""``cnipy proxy``: the click command that assembles the daemon from its parts."""
+"""``cnipy proxy``: the click command that assembles the daemon from its parts.
+
+IP families: those of the --cluster-cidr values (IPv4, IPv6 or both), else --ip-family, else IPv4. A dual-stack
+proxy runs one proxier per family (``dualstack.MetaProxier``) behind one daemon; the IPv6 proxier exists for
+--mode nftables only (table ``ip6 cnipy``).
+"""
 
 from __future__ import annotations
 
@@ -8,31 +13,46 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from collections.abc import Iterable, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
 from cnipy.proxy.daemon import ManifestPoller, ProxyDaemon, Source, Timing
 from cnipy.proxy.errors import ProxyError
 from cnipy.proxy.health import HealthCheckServers, StatusServer
-from cnipy.proxy.plan import NodeConfig
+from cnipy.proxy.model import IPAddress, IPNetwork
+from cnipy.proxy.plan import AnyNodeConfig, NodeConfig
 from cnipy.proxy.sync import Proxier
 
+# The proxiers each mode offers, by IP family (ip6tables-restore for --mode iptables is not written yet).
+FAMILIES_OF_MODE = {"nftables": (4, 6), "iptables": (4,)}
 
-def make_proxier(mode: str, config: NodeConfig, iptables_backend: str = "nft") -> Proxier:
+
+def make_proxier(mode: str, config: AnyNodeConfig | Sequence[AnyNodeConfig], iptables_backend: str = "nft") -> Proxier:
+    """The proxier of one NodeConfig, or a MetaProxier over one per IP family."""
+    configs = (config,) if isinstance(config, NodeConfig) else tuple(config)
+    for c in configs:
+        if c.ip_family not in FAMILIES_OF_MODE[mode]:
+            raise ProxyError(f"--mode {mode} does not serve IPv{c.ip_family} (not implemented yet); "
+                             "use --mode nftables")
+    if len(configs) > 1:
+        from cnipy.proxy.dualstack import MetaProxier
+        return MetaProxier({c.ip_family: make_proxier(mode, c, iptables_backend) for c in configs})
+    (one,) = configs
     if mode == "nftables":
         from cnipy.proxy.nftables.backend import NftablesProxier
+        from cnipy.proxy.nftables.render import family_of
         from cnipy.proxy.nftables.runner import Nft
-        return NftablesProxier(Nft(), config)
+        return NftablesProxier(Nft(family_of(one).table_family), one)
     from cnipy.proxy.iptables.backend import IptablesProxier
     from cnipy.proxy.iptables.runner import Iptables
-    return IptablesProxier(Iptables(iptables_backend), config)
+    return IptablesProxier(Iptables(iptables_backend), cast("NodeConfig[IPv4Network]", one))  # IPv4: checked above
 
 
-def _conntrack(gone: Iterable[IPv4Address], fresh: Iterable[tuple[IPv4Address, int]],
+def _conntrack(gone: Iterable[IPAddress], fresh: Iterable[tuple[IPAddress, int]],
                node_ports: Iterable[int]) -> int:
     from cnipy.netlink.conntrack import delete_udp_flows
     return delete_udp_flows(reply_sources=gone, destinations=fresh, destination_ports=node_ports)
@@ -43,17 +63,37 @@ def _hostport(text: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]") or "0.0.0.0", int(port)
 
 
-def _cidrs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[IPv4Network, ...]:
+def _cidrs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[IPNetwork, ...]:
     out = []
     for v in values:
         try:
             net = ip_network(v)
         except ValueError as exc:
             raise click.BadParameter(f"{v!r} is not a CIDR: {exc}") from None
-        if not isinstance(net, IPv4Network):
-            raise click.BadParameter(f"{v}: IPv6 is not supported yet (the proxy serves IPv4 services only)")
         out.append(net)
     return tuple(out)
+
+
+_IP_FAMILIES: dict[str, tuple[int, ...]] = {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}
+
+
+def families(ip_family: str | None, cluster_cidrs: Sequence[IPNetwork], nodeport_addresses: Sequence[IPNetwork],
+             mode: str) -> tuple[int, ...]:
+    """The IP families to serve: those of the cluster CIDRs, else --ip-family's, else IPv4 (UsageError when the
+    options disagree or the mode cannot serve one)."""
+    of_cidrs: tuple[int, ...] = tuple(sorted({n.version for n in cluster_cidrs}))
+    if ip_family is None:
+        fams = of_cidrs or (4,)
+    else:
+        fams = _IP_FAMILIES[ip_family]
+        if stray := [str(n) for n in cluster_cidrs if n.version not in fams]:
+            raise click.UsageError(f"--cluster-cidr {', '.join(stray)} is not of --ip-family {ip_family}")
+    if stray := [str(n) for n in nodeport_addresses if n.version not in fams]:
+        raise click.UsageError(f"--nodeport-address {', '.join(stray)}: this proxy serves "
+                               f"{' and '.join(f'IPv{f}' for f in fams)} only (see --cluster-cidr, --ip-family)")
+    if unserved := [f for f in fams if f not in FAMILIES_OF_MODE[mode]]:
+        raise click.UsageError(f"--mode {mode} serves IPv4 only (IPv{unserved[0]} needs --mode nftables)")
+    return fams
 
 
 def _address(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
@@ -110,12 +150,16 @@ def _conntrack_tcp_liberal() -> bool:
               help="This node's name: endpoints with this nodeName are local.")
 @click.option("--zone", default=None, help="This node's topology zone: use EndpointSlice zone hints.")
 @click.option("--cluster-cidr", multiple=True, callback=_cidrs,
-              help="Pod CIDR(s); traffic from elsewhere to a ClusterIP is masqueraded.")
+              help="Pod CIDR(s), IPv4 and/or IPv6: traffic from elsewhere to a ClusterIP is masqueraded. Their "
+              "families are the families served (both: dual-stack, one proxier per family).")
+@click.option("--ip-family", type=click.Choice(sorted(_IP_FAMILIES)), default=None,
+              help="Families to serve when no --cluster-cidr says it  [default: ipv4].")
 @click.option("--masquerade-all", is_flag=True, help="Masquerade all service traffic.")
 @click.option("--nodeport-address", multiple=True, callback=_cidrs,
-              help="CIDR(s) of local addresses that serve NodePorts (default: every local address).")
+              help="CIDR(s) of local addresses that serve NodePorts (default: every local address; a family "
+              "none of them is of: every local address of that family).")
 @click.option("--localhost-nodeports", is_flag=True, help="Serve NodePorts on 127.0.0.1 too (sets "
-              "route_localnet and adds the CVE-2020-8558 protection).")
+              "route_localnet and adds the CVE-2020-8558 protection). IPv4 only: IPv6 has no localhost NodePorts.")
 @click.option("--iptables-backend", type=click.Choice(["nft", "legacy"]), default="nft", show_default=True,
               help="With --mode iptables: iptables-nft or iptables-legacy.")
 @click.option("--min-sync-period", type=_PERIOD, default=1.0, show_default=True,
@@ -155,23 +199,36 @@ def _tool(opts: dict[str, Any]) -> str:
     return "iptables-legacy-restore" if opts["iptables_backend"] == "legacy" else "iptables-nft-restore"
 
 
+def _config(opts: dict[str, Any], family: int) -> AnyNodeConfig:
+    """The NodeConfig of one family: the CIDRs of that family, localhost NodePorts for IPv4 only."""
+    common: dict[str, Any] = {
+        "node_name": opts["node_name"], "masquerade_all": opts["masquerade_all"],
+        "conntrack_tcp_liberal": _conntrack_tcp_liberal(), "zone": opts["zone"], "ip_family": family}
+    cidrs, nodeports = opts["cluster_cidr"], opts["nodeport_address"]
+    if family == 4:
+        return NodeConfig(cluster_cidrs=tuple(n for n in cidrs if isinstance(n, IPv4Network)),
+                          node_port_addresses=tuple(n for n in nodeports if isinstance(n, IPv4Network)),
+                          localhost_nodeports=opts["localhost_nodeports"], **common)
+    return NodeConfig(cluster_cidrs=tuple(n for n in cidrs if isinstance(n, IPv6Network)),
+                      node_port_addresses=tuple(n for n in nodeports if isinstance(n, IPv6Network)), **common)
+
+
 def _run(opts: dict[str, Any]) -> None:
+    fams = families(opts["ip_family"], opts["cluster_cidr"], opts["nodeport_address"], opts["mode"])
+    if opts["localhost_nodeports"] and 4 not in fams:
+        raise click.UsageError("--localhost-nodeports is IPv4 only (kube-proxy has no localhost NodePorts "
+                               "for IPv6) and this proxy serves IPv6 only")
     tool = _tool(opts)
     if shutil.which(tool) is None:
         raise click.ClickException(f"{tool} is not installed (needed by --mode {opts['mode']})")
-    config = NodeConfig(
-        node_name=opts["node_name"],
-        cluster_cidrs=opts["cluster_cidr"],
-        masquerade_all=opts["masquerade_all"],
-        node_port_addresses=opts["nodeport_address"],
-        localhost_nodeports=opts["localhost_nodeports"],
-        conntrack_tcp_liberal=_conntrack_tcp_liberal(),
-        zone=opts["zone"],
-    )
-    proxier = make_proxier(opts["mode"], config, opts["iptables_backend"])
-    if opts["cleanup"]:
-        proxier.cleanup()
+    if opts["cleanup"]:  # every family this mode has tables for, whatever the options say
+        make_proxier(opts["mode"], [NodeConfig(opts["node_name"], ip_family=f)
+                                    for f in FAMILIES_OF_MODE[opts["mode"]]], opts["iptables_backend"]).cleanup()
         return
+    if opts["localhost_nodeports"] and 6 in fams:
+        logging.getLogger("cnipy.proxy").info("--localhost-nodeports applies to IPv4 only (IPv6 has none)")
+    configs = [_config(opts, f) for f in fams]
+    proxier = make_proxier(opts["mode"], configs, opts["iptables_backend"])
     source: Source
     if opts["manifests"]:
         source = ManifestPoller(opts["manifests"])
@@ -184,12 +241,12 @@ def _run(opts: dict[str, Any]) -> None:
         source = KubeSource(load_kubeconfig(opts["kubeconfig"], in_cluster=opts["in_cluster"]))
     else:
         raise click.UsageError("give --manifests, --kubeconfig, --in-cluster or --etcd")
-    if config.localhost_nodeports:
+    if opts["localhost_nodeports"]:
         _route_localnet()
-    hc = HealthCheckServers()
+    hc = HealthCheckServers("::" if 6 in fams else "0.0.0.0")  # "::" takes IPv4 connections too
     timing = Timing(opts["min_sync_period"], opts["full_sync_period"], opts["repair_period"],
                     opts["retry_period"], opts["poll_period"])
-    daemon = ProxyDaemon(source, proxier, config, timing=timing, conntrack=_conntrack, healthchecks=hc.update)
+    daemon = ProxyDaemon(source, proxier, configs, timing=timing, conntrack=_conntrack, healthchecks=hc.update)
     if opts["once"]:
         daemon.step()
         hc.close()

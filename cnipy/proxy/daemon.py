@@ -4,6 +4,10 @@ Loop: take changes from the source (coalesced: at most one sync per ``min_sync_p
 services (a full sync every ``full_sync_period``, after a failure, or when ``needs_repair`` finds our rules
 flushed), then delete stale UDP conntrack entries and update the healthCheckNodePort servers. A failed apply
 keeps the previous rules in force and is retried after ``retry_period``.
+
+A dual-stack daemon has a NodeConfig per IP family and a ``dualstack.MetaProxier``: it plans each service for
+both families (the plans of a key hold both) and runs one loop, one /healthz and one set of metrics (summed over
+the families); conntrack cleanup and healthCheckNodePorts see the plans of both.
 """
 
 from __future__ import annotations
@@ -11,21 +15,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 from typing import Protocol
 
 from cnipy.proxy.errors import ApplyError, ManifestError
 from cnipy.proxy.metrics import Metrics
-from cnipy.proxy.model import ClusterState, ServiceKey
-from cnipy.proxy.plan import NodeConfig, PortPlan, build_plans, changed_services
+from cnipy.proxy.model import ClusterState, IPAddress, ServiceKey
+from cnipy.proxy.plan import AnyNodeConfig, NodeConfig, PortPlan, build_family_plans, changed_services
 from cnipy.proxy.sync import Proxier, gc_paused
 
 log = logging.getLogger("cnipy.proxy")
 
 # (reply sources, (ip, port) destinations, NodePorts) -> entries deleted
-ConntrackCleaner = Callable[[Iterable[IPv4Address], Iterable[tuple[IPv4Address, int]], Iterable[int]], int]
+ConntrackCleaner = Callable[[Iterable[IPAddress], Iterable[tuple[IPAddress, int]], Iterable[int]], int]
 
 
 class Source(Protocol):
@@ -43,18 +46,19 @@ class Timing:
 
 
 def udp_cleanup(old: dict[ServiceKey, tuple[PortPlan, ...]], new: dict[ServiceKey, tuple[PortPlan, ...]],
-                keys: Iterable[ServiceKey]) -> tuple[set[IPv4Address], set[tuple[IPv4Address, int]], set[int]]:
+                keys: Iterable[ServiceKey]) -> tuple[set[IPAddress], set[tuple[IPAddress, int]], set[int]]:
     """UDP flows to clean after a change: endpoints that went away, and services that got their first
     endpoint (flows created while they had none are cached with no DNAT): their IPs and ports, and NodePorts."""
-    gone: set[IPv4Address] = set()
-    fresh: set[tuple[IPv4Address, int]] = set()
+    gone: set[IPAddress] = set()
+    fresh: set[tuple[IPAddress, int]] = set()
     node_ports: set[int] = set()
     for key in keys:
-        before = {p.name: p for p in old.get(key, ()) if p.protocol.value == "UDP"}
+        # by name and family: a dual-stack service has a plan of each family under one name
+        before = {(p.name, p.cluster_ips[0].version): p for p in old.get(key, ()) if p.protocol.value == "UDP"}
         for p in new.get(key, ()):
             if p.protocol.value != "UDP":
                 continue
-            prev = before.pop(p.name, None)
+            prev = before.pop((p.name, p.cluster_ips[0].version), None)
             prev_ips = {b.ip for b in prev.all_backends} if prev else set()
             gone |= prev_ips - {b.ip for b in p.all_backends}
             if p.all_backends and not prev_ips:
@@ -67,11 +71,17 @@ def udp_cleanup(old: dict[ServiceKey, tuple[PortPlan, ...]], new: dict[ServiceKe
 
 
 class ProxyDaemon:
-    def __init__(self, source: Source, proxier: Proxier, config: NodeConfig, *, timing: Timing = Timing(),
+    """``config``: this node's NodeConfig, or one per IP family for a dual-stack proxier (MetaProxier)."""
+
+    def __init__(self, source: Source, proxier: Proxier, config: AnyNodeConfig | Sequence[AnyNodeConfig], *,
+                 timing: Timing = Timing(),
                  metrics: Metrics | None = None, conntrack: ConntrackCleaner | None = None,
                  healthchecks: Callable[[dict[int, tuple[ServiceKey, int]]], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.source, self.proxier, self.config, self.timing = source, proxier, config, timing
+        self.configs = (config,) if isinstance(config, NodeConfig) else tuple(config)
+        if not self.configs or len({c.ip_family for c in self.configs}) != len(self.configs):
+            raise ValueError("one NodeConfig per IP family")
+        self.source, self.proxier, self.config, self.timing = source, proxier, self.configs[0], timing
         self.metrics = metrics or Metrics(proxier.mode)
         self.conntrack = conntrack
         self.healthchecks = healthchecks
@@ -124,7 +134,7 @@ class ProxyDaemon:
         self.metrics.set("manifest_problems", len(problems))
         changed = changed_services(self.state, state)
         self.state = state
-        for key, ports in build_plans(state, self.config, changed).items():
+        for key, ports in build_family_plans(state, self.configs, changed).items():
             if ports:
                 self.plans[key] = ports
             else:
@@ -174,9 +184,14 @@ class ProxyDaemon:
                     log.warning("conntrack cleanup failed: %s", exc)
                     self.metrics.inc("conntrack_failures_total")
         if self.healthchecks is not None:
-            wanted = {p.health_check_node_port: (key, len(p.local_backends))
-                      for key, ports in self.plans.items() for p in ports
-                      if p.health_check_node_port is not None}
+            # A dual-stack service has a plan per family with the same port: the local endpoints are the same
+            # pods, so the count is the larger of the two, not their sum.
+            wanted: dict[int, tuple[ServiceKey, int]] = {}
+            for key, ports in self.plans.items():
+                for p in ports:
+                    if (hc := p.health_check_node_port) is not None:
+                        n = len(p.local_backends)
+                        wanted[hc] = (key, max(n, wanted[hc][1]) if hc in wanted else n)
             self.healthchecks(wanted)
 
     def healthz(self) -> tuple[bool, dict[str, object]]:

@@ -2,24 +2,29 @@
 
 Endpoint choice follows kube-proxy: ready endpoints, else serving-and-terminating ones (the terminating-endpoint
 fallback); Local traffic policies narrow to endpoints on this node. Both renderers consume only this.
-IPv4 only: IPv6 addresses in the model are ignored here.
+
+One plan is for one IP family (``NodeConfig.ip_family``), as kube-proxy runs one proxier per family: it holds the
+service's addresses of that family and the endpoints of its EndpointSlices of that addressType; a dual-stack
+service gets a plan in each. A service without a cluster IP of the family has no plan there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from itertools import repeat
 from operator import attrgetter, itemgetter
 from socket import inet_ntoa
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Generic, NamedTuple
 
 from cnipy.proxy.model import (
     ClusterState,
     Endpoint,
     EndpointSlice,
+    IPAddress,
+    IPNetwork,
     Protocol,
     Service,
     ServiceKey,
@@ -27,34 +32,64 @@ from cnipy.proxy.model import (
     TrafficPolicy,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+    _Net = TypeVar("_Net", IPv4Network, IPv6Network, default=IPv4Network)
+else:
+    from typing import TypeVar
+    _Net = TypeVar("_Net", IPv4Network, IPv6Network)
+
 
 @dataclass(frozen=True)
-class NodeConfig:
+class NodeConfig(Generic[_Net]):
+    """What a proxier of one IP family needs to know about this node; the CIDRs are of that family. A bare
+    ``NodeConfig`` annotation means an IPv4 one; ``AnyNodeConfig`` is either."""
+
     node_name: str
-    cluster_cidrs: tuple[IPv4Network, ...] = ()
+    cluster_cidrs: tuple[_Net, ...] = ()
     masquerade_all: bool = False
-    node_port_addresses: tuple[IPv4Network, ...] = ()  # empty: every local address
-    localhost_nodeports: bool = False
+    node_port_addresses: tuple[_Net, ...] = ()  # empty: every local address
+    localhost_nodeports: bool = False  # IPv4 only (kube-proxy has no localhost NodePorts for IPv6)
     masquerade_mark: int = 0x4000
     # net.netfilter.nf_conntrack_tcp_be_liberal is set: like kube-proxy, no drop of ct state INVALID on forward
     conntrack_tcp_liberal: bool = False
     zone: str | None = None  # this node's topology zone: enables topology-aware hints
+    ip_family: int = 4  # 4 or 6: the addresses, endpoint slices and CIDRs this proxier serves
+
+    def __post_init__(self) -> None:
+        if self.ip_family not in (4, 6):
+            raise ValueError(f"ip_family must be 4 or 6, not {self.ip_family!r}")
+        for what, nets in (("cluster_cidrs", self.cluster_cidrs), ("node_port_addresses", self.node_port_addresses)):
+            if any(n.version != self.ip_family for n in nets):
+                raise ValueError(f"{what} of an IPv{self.ip_family} NodeConfig must be IPv{self.ip_family}: "
+                                 f"{', '.join(map(str, nets))}")
+        if self.localhost_nodeports and self.ip_family == 6:
+            raise ValueError("localhost NodePorts are IPv4 only")
 
 
-def ipv4_text(ip: IPv4Address) -> str:
-    """str(ip), several times faster: a full sync formats ~10 addresses per service."""
+AnyNodeConfig = NodeConfig[IPv4Network] | NodeConfig[IPv6Network]
+
+
+def ipv4_text(ip: IPAddress) -> str:
+    """str(ip) of an IPv4 address, several times faster: a full sync formats ~10 addresses per service.
+    (Typed for any address because plans hold either family; an IPv4 proxier's plans hold only IPv4.)"""
     return inet_ntoa(int(ip).to_bytes(4, "big"))
+
+
+def ip_text(ip: IPAddress) -> str:
+    """str(ip), the IPv4 fast path when it applies."""
+    return inet_ntoa(int(ip).to_bytes(4, "big")) if isinstance(ip, IPv4Address) else str(ip)
 
 
 class Backend(NamedTuple):
     """An endpoint address and port (a tuple: 100k of them are built per full sync of 10k services)."""
 
-    ip: IPv4Address
+    ip: IPAddress
     port: int
     local: bool = False
 
     def __str__(self) -> str:
-        return f"{ipv4_text(self.ip)}:{self.port}"
+        return f"{ipv4_text(self.ip)}:{self.port}" if self.ip.version == 4 else f"[{self.ip}]:{self.port}"
 
 
 class PortPlan(NamedTuple):
@@ -65,11 +100,11 @@ class PortPlan(NamedTuple):
     name: str  # kube-proxy's ServicePortName: "ns/name:port" (":port" omitted when the port has no name)
     protocol: Protocol
     port: int
-    cluster_ips: tuple[IPv4Address, ...]
+    cluster_ips: tuple[IPAddress, ...]  # never empty; all of the plan's family
     node_port: int | None
-    external_ips: tuple[IPv4Address, ...]  # spec.externalIPs
-    load_balancer_ips: tuple[IPv4Address, ...]
-    source_ranges: tuple[IPv4Network, ...]
+    external_ips: tuple[IPAddress, ...]  # spec.externalIPs
+    load_balancer_ips: tuple[IPAddress, ...]
+    source_ranges: tuple[IPNetwork, ...]
     affinity_timeout: int | None
     internal_local: bool
     external_local: bool
@@ -92,7 +127,7 @@ class PortPlan(NamedTuple):
 
 @dataclass(frozen=True)
 class Plan:
-    config: NodeConfig
+    config: AnyNodeConfig
     ports: tuple[PortPlan, ...]
 
     def by_name(self) -> dict[str, PortPlan]:
@@ -106,7 +141,7 @@ def port_name(svc: Service, sp: ServicePort) -> str:
 # A candidate endpoint: (address as int << 16 | port: the sort key), address, port, on this node, endpoint.
 # Plain tuples sorted on one integer: IPv4Address comparison and hashing are slow Python code, and a full
 # sync of 10k services handles 100k endpoints.
-_Row = tuple[int, IPv4Address, int, bool, Endpoint]
+_Row = tuple[int, IPAddress, int, bool, Endpoint]
 _SORT_KEY = itemgetter(0)
 _BACKEND_FIELDS = itemgetter(1, 2, 3)
 _LOCAL = itemgetter(3)
@@ -140,32 +175,43 @@ def _by_hints(rows: list[_Row], zone: str) -> list[_Row]:
     return mine or rows
 
 
-def _endpoints_for(sp: ServicePort, slices: Iterable[EndpointSlice], node: str) -> list[_Row]:
+# Per family: the address class, the network class, the EndpointSlice addressType.
+_FAMILIES: dict[int, tuple[type[IPAddress], type[IPNetwork], str]] = {
+    4: (IPv4Address, IPv4Network, "IPv4"), 6: (IPv6Address, IPv6Network, "IPv6")}
+
+
+def _endpoints_for(sp: ServicePort, slices: Iterable[EndpointSlice], node: str,
+                   address_cls: type[IPAddress] = IPv4Address, address_type: str = "IPv4") -> list[_Row]:
     out: list[_Row] = []
     for sl in slices:
-        if sl.address_type != "IPv4":
+        if sl.address_type != address_type:
             continue
         for p in sl.ports:
             if p.name == sp.name and p.protocol is sp.protocol:
                 port = p.port
                 out += [(int(ip) << 16 | port, ip, port, ep.node_name == node, ep)
-                        for ep in sl.endpoints if isinstance(ip := ep.addresses[0], IPv4Address)]
+                        for ep in sl.endpoints if isinstance(ip := ep.addresses[0], address_cls)]
                 break
     return out
 
 
-def _v4(addrs: Iterable[object]) -> tuple[IPv4Address, ...]:
-    return tuple([a for a in addrs if isinstance(a, IPv4Address)]) if addrs else ()
+def _of(cls: type[IPAddress], addrs: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
+    return tuple([a for a in addrs if isinstance(a, cls)]) if addrs else ()
 
 
-def plan_service(svc: Service, slices: Iterable[EndpointSlice], config: NodeConfig) -> tuple[PortPlan, ...]:
-    cluster_ips = _v4(svc.cluster_ips)
+def _v4(addrs: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
+    return _of(IPv4Address, addrs)
+
+
+def plan_service(svc: Service, slices: Iterable[EndpointSlice], config: AnyNodeConfig) -> tuple[PortPlan, ...]:
+    address_cls, network_cls, address_type = _FAMILIES[config.ip_family]
+    cluster_ips = _of(address_cls, svc.cluster_ips)
     if not cluster_ips:
         return ()
     # Most services have no external addresses or source ranges: skip the calls for those.
-    external_ips = _v4(svc.external_ips) if svc.external_ips else ()
-    lb_ips = _v4(svc.load_balancer_ips) if svc.load_balancer_ips else ()
-    ranges = tuple([n for n in svc.load_balancer_source_ranges if isinstance(n, IPv4Network)]) \
+    external_ips = _of(address_cls, svc.external_ips) if svc.external_ips else ()
+    lb_ips = _of(address_cls, svc.load_balancer_ips) if svc.load_balancer_ips else ()
+    ranges = tuple([n for n in svc.load_balancer_source_ranges if isinstance(n, network_cls)]) \
         if svc.load_balancer_source_ranges else ()
     internal_local = svc.internal_traffic_policy is TrafficPolicy.LOCAL
     etp_local = svc.external_traffic_policy is TrafficPolicy.LOCAL
@@ -175,7 +221,7 @@ def plan_service(svc: Service, slices: Iterable[EndpointSlice], config: NodeConf
     node, zone = config.node_name, config.zone
     out = []
     for sp in svc.ports:
-        rows = _endpoints_for(sp, slices, node)
+        rows = _endpoints_for(sp, slices, node, address_cls, address_type)
         local = [r for r in rows if r[3]] if any(map(_LOCAL, rows)) else None
         out.append(PortPlan(  # positional: keyword arguments cost a dict per call
             f"{key}:{sp.name}" if sp.name else key, sp.protocol, sp.port, cluster_ips, sp.node_port,
@@ -188,7 +234,7 @@ def plan_service(svc: Service, slices: Iterable[EndpointSlice], config: NodeConf
 ServicePlans = Mapping[ServiceKey, tuple[PortPlan, ...]]
 
 
-def build_plans(state: ClusterState, config: NodeConfig,
+def build_plans(state: ClusterState, config: AnyNodeConfig,
                 keys: AbstractSet[ServiceKey] | None = None) -> dict[ServiceKey, tuple[PortPlan, ...]]:
     """Plans for ``keys`` (all services when None, in the state's order: build_state sorts it); a key whose
     service is gone maps to ()."""
@@ -209,5 +255,20 @@ def changed_services(old: ClusterState, new: ClusterState) -> set[ServiceKey]:
             if old.services.get(k) != new.services.get(k) or old.slices.get(k, ()) != new.slices.get(k, ())}
 
 
-def build_plan(state: ClusterState, config: NodeConfig) -> Plan:
+def build_plan(state: ClusterState, config: AnyNodeConfig) -> Plan:
     return Plan(config, tuple(p for ports in build_plans(state, config).values() for p in ports))
+
+
+def build_family_plans(state: ClusterState, configs: Sequence[AnyNodeConfig],
+                       keys: AbstractSet[ServiceKey] | None = None) -> dict[ServiceKey, tuple[PortPlan, ...]]:
+    """``build_plans`` for one config per IP family (a dual-stack node): a service's port plans of every family,
+    in the order of ``configs``; ``plan_family`` tells them apart."""
+    if len(configs) == 1:
+        return build_plans(state, configs[0], keys)
+    per_family = [build_plans(state, c, keys) for c in configs]
+    return {key: tuple(p for plans in per_family for p in plans[key]) for key in per_family[0]}
+
+
+def plan_family(p: PortPlan) -> int:
+    """4 or 6: the family of a port plan (its cluster IPs are all of it)."""
+    return p.cluster_ips[0].version

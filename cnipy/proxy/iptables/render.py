@@ -129,21 +129,22 @@ def _balance(c: IptContribution, chain: str, p: PortPlan, backends: tuple[Backen
     """A KUBE-SVC/KUBE-SVL chain: optional head rules, affinity checks, then statistic probabilities."""
     name, count = p.name, len(backends)
     rules = list(head)
-    texts = [(b, str(b)) for b in backends]
-    seps = [(b, text, n.sep_chain(name, proto, text)) for b, text in texts]
+    ips = [(ipv4_text(b.ip), b.port) for b in backends]
+    seps = [(ip, text, n.sep_chain(name, proto, text)) for ip, text in ((ip, f"{ip}:{port}") for ip, port in ips)]
+    comment = _q(name)  # the per-endpoint strings below are most of a full sync's rendering: build them once
     if p.affinity_timeout is not None:
-        for b, _, sep in seps:
-            rules.append(f'-A {chain} -m comment --comment "{name} -> {b}" -m recent --name {sep} '
+        for _, text, sep in seps:
+            rules.append(f'-A {chain} -m comment --comment "{name} -> {text}" -m recent --name {sep} '
                          f"--mask 255.255.255.255 --rsource --rcheck --seconds {p.affinity_timeout} --reap -j {sep}")
-    for i, (b, text, sep) in enumerate(seps):
+    for i, (ip, text, sep) in enumerate(seps):
         prob = "" if i == count - 1 else f" -m statistic --mode random --probability {1.0 / (count - i):.10f}"
         rules.append(f'-A {chain} -m comment --comment "{name} -> {text}"{prob} -j {sep}')
         if sep not in c.chains:
             recent = "" if p.affinity_timeout is None else \
                 f" -m recent --name {sep} --mask 255.255.255.255 --rsource --set"
             c.chains[sep] = [
-                f"-A {sep} -m comment --comment {_q(name)} -s {ipv4_text(b.ip)}/32 -j {n.KUBE_MARK_MASQ}",
-                f"-A {sep} -m comment --comment {_q(name)} -m {proto} -p {proto}{recent} -j DNAT "
+                f"-A {sep} -m comment --comment {comment} -s {ip}/32 -j {n.KUBE_MARK_MASQ}",
+                f"-A {sep} -m comment --comment {comment} -m {proto} -p {proto}{recent} -j DNAT "
                 f"--to-destination {text}",
             ]
     c.chains[chain] = rules

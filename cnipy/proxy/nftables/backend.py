@@ -1,4 +1,7 @@
-"""The nftables proxier: full syncs rebuild the table atomically; partial syncs only add and delete elements."""
+"""The nftables proxier: full syncs rebuild the table atomically; partial syncs only add and delete elements.
+
+One proxier serves one IP family (its NodeConfig's), in that family's table: ``ip cnipy`` or ``ip6 cnipy``.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +13,18 @@ from collections.abc import Set as AbstractSet
 from cnipy.proxy.errors import ApplyError
 from cnipy.proxy.model import ServiceKey
 from cnipy.proxy.nftables.render import (
-    SETS,
+    STICKY_SET_PREFIX,
     ElementText,
+    StickyDest,
     StickyKey,
     affinity_chains,
     affinity_map_name,
     base_chains,
     contribution,
     dispatch_rules,
+    family_of,
     record_chain,
+    sets,
     sticky_key,
 )
 from cnipy.proxy.nftables.runner import NftInterface
@@ -34,12 +40,12 @@ from cnipy.proxy.nftables.transaction import (
     Transaction,
     Verb,
 )
-from cnipy.proxy.plan import NodeConfig, PortPlan, ServicePlans
+from cnipy.proxy.plan import AnyNodeConfig, PortPlan, ServicePlans
 from cnipy.proxy.sync import SyncResult
 
 CANARY_CHAIN = "nat-prerouting"
 # A sentinel no packet matches (port 0): if it is gone, someone flushed our maps; "continue" does nothing.
-CANARY_ELEMENT = ("service-ips", "0.0.0.0 . tcp . 0", "continue")
+CANARY_ELEMENT = ("service-ips", "0.0.0.0 . tcp . 0", "continue")  # in the IPv4 table; "::" in the IPv6 one
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +53,15 @@ log = logging.getLogger(__name__)
 class NftablesProxier:
     mode = "nftables"
 
-    def __init__(self, nft: NftInterface, config: NodeConfig) -> None:
+    def __init__(self, nft: NftInterface, config: AnyNodeConfig) -> None:
+        self.fam = family_of(config)
+        if nft.family != self.fam.table_family:
+            raise ValueError(f"an IPv{config.ip_family} proxier needs an nft table of family "
+                             f"{self.fam.table_family}, not {nft.family}")
         self.nft = nft
         self.config = config
+        self.canary = (CANARY_ELEMENT[0], f"{self.fam.unspecified} . tcp . 0", CANARY_ELEMENT[2])
+        self.sticky_dests: dict[str, StickyDest] = {}  # the IPv6 table's affinity destinations in force
         # What is in force, for partial syncs: the plans of every service with ports (a service's elements
         # are re-derived from its plans when it changes), and reference counts of what services share.
         self.applied: dict[ServiceKey, tuple[PortPlan, ...]] = {}
@@ -73,17 +85,17 @@ class NftablesProxier:
         tx.add(Table())
         tx.delete(Table())  # add-then-delete: works whether or not the table exists, still one transaction
         tx.add(Table())
-        for s in SETS:
+        for s in sets(self.fam):
             tx.add(s)
-        chains = {**base_chains(self.config), **affinity_chains()}
+        chains = {**base_chains(self.config), **affinity_chains(self.fam)}
         for chain, _ in chains.values():
             tx.add(chain)
         for chain, rules in chains.values():
             for r in rules:
                 tx.add(Rule(chain.name, r))
-        tx.add(Element(*CANARY_ELEMENT))
+        tx.add(Element(*self.canary))
         # Every service's elements as text, counting the dispatch chains and hairpin entries services share.
-        text = ElementText()
+        text = ElementText(self.fam)
         hairpin: Counter[str] = Counter()
         refs: dict[str, int] = {}
         applied = {}
@@ -102,14 +114,19 @@ class NftablesProxier:
         for name in refs:  # before the elements that jump to them
             for _, obj in self._add_dispatch(name, aux):
                 tx.add(obj)
+        sticky = text.sticky_dests
+        for dest in sticky.values():  # after the dispatch chains they go to
+            self._put_sticky(tx, dest)
+        carried_sets = self._valid_sticky_entries(sticky) if sticky else {}
         for set_name, items in text.text.items():
             tx.add(RenderedElements(set_name, items))
         if hairpin:
             tx.add(RenderedElements("hairpin", list(hairpin)))
         carried = self._valid_entries(text.sticky) if text.sticky else {}
-        for map_name, entries in carried.items():
+        for map_name, entries in (*carried.items(), *carried_sets.items()):
             tx.add(Entries(map_name, tuple(entries)))
         self.nft.run(tx)
+        self.sticky_dests = dict(sticky)
         self.applied, self.hairpin, self.chain_refs, self.aux = applied, hairpin, Counter(refs), aux
         self.synced = True
         self.elements = sum(map(len, text.text.values())) + len(hairpin) + 1  # and the canary
@@ -118,7 +135,7 @@ class NftablesProxier:
     def _add_dispatch(self, name: str, aux: dict[str, int]) -> Iterator[tuple[Verb, Object]]:
         """A dispatch chain, and the affinity record chain its services use (shared; added once, deleted with
         its last user); ``aux`` maps each record chain already there to its rule count."""
-        record = record_chain(name)
+        record = record_chain(name, self.fam)
         if record is not None and record[0].name not in aux:
             chain, rules = record
             aux[chain.name] = len(rules)
@@ -129,9 +146,24 @@ class NftablesProxier:
         for r in dispatch_rules(name, self.config):
             yield Verb.ADD, Rule(name, r)
 
+    def _put_sticky(self, tx: Transaction, dest: StickyDest, have: StickyDest | None = None) -> None:
+        """The sets and chains of an IPv6 affinity destination (render.StickyDest). With ``have`` in force, its
+        chains are rewritten and only its new sets added; the caller deletes the sets it no longer uses."""
+        old_sets = {s.name for s in have.sets(self.fam)} if have is not None else set()
+        for s in dest.sets(self.fam):
+            if s.name not in old_sets:
+                tx.add(s)
+        for name, rules in dest.chains(self.fam, self.config):
+            if have is None:
+                tx.add(Chain(name))
+            else:
+                tx.flush(Chain(name))
+            for r in rules:
+                tx.add(Rule(name, r))
+
     def _partial(self, plans: ServicePlans, changed: AbstractSet[ServiceKey]) -> SyncResult:
-        new_owned = {key: contribution(plans.get(key, ())) for key in changed}
-        old_owned = {key: contribution(self.applied.get(key, ())) for key in changed}
+        new_owned = {key: contribution(plans.get(key, ()), self.fam) for key in changed}
+        old_owned = {key: contribution(self.applied.get(key, ()), self.fam) for key in changed}
         dels: dict[str, list[str]] = {}
         adds: dict[str, list[tuple[str, str | None]]] = {}
         hairpin_delta: Counter[str] = Counter()
@@ -167,6 +199,9 @@ class NftablesProxier:
                     removed.setdefault(where, set()).update(gone)
             fresh.update((w, eps) for w, eps in new.sticky.items() if w[1] is not None and w not in old_sticky)
         stale = self._stale_entries(removed, fresh) if removed or fresh else {}
+        # IPv6 affinity destinations (render.StickyDest): added, rewritten, or gone with their sets.
+        old_dests = {k: d for c in old_owned.values() for k, d in c.sticky_dests.items()}
+        new_dests = {k: d for c in new_owned.values() for k, d in c.sticky_dests.items()}
         new_chains = sorted(c for c, d in chain_delta.items() if d > 0 and self.chain_refs.get(c, 0) <= 0)
         gone_chains = sorted(c for c, d in chain_delta.items() if d < 0 and self.chain_refs.get(c, 0) + d <= 0)
         tx = self._tx()
@@ -174,22 +209,38 @@ class NftablesProxier:
         for name in new_chains:
             for _, obj in self._add_dispatch(name, aux):  # only additions
                 tx.add(obj)
+        for dkey, dest in new_dests.items():
+            if old_dests.get(dkey) != dest:
+                self._put_sticky(tx, dest, old_dests.get(dkey))
         for set_name, keys in dels.items():
             tx.delete_elements(set_name, keys)
         for set_name, items in adds.items():
             tx.add_elements(set_name, items)
         _purge(tx, stale)
+        # Sticky chains before the dispatch chains they go to; sets once no rule uses them.
+        for dkey, dest in old_dests.items():
+            if dkey not in new_dests:
+                tx.delete(Chain(dest.chain))
+                tx.delete(Chain(dest.record))
+        for dkey, dest in old_dests.items():
+            kept = {s.name for s in new_dests[dkey].sets(self.fam)} if dkey in new_dests else set()
+            for s in dest.sets(self.fam):
+                if s.name not in kept:
+                    tx.delete(s)
         for name in gone_chains:
             tx.delete(Chain(name))
         # Record chains no remaining dispatch chain uses go too (their affinity-ips elements went above).
         live = {c for c, n in self.chain_refs.items() if n + chain_delta.get(c, 0) > 0}
         live |= {c for c, d in chain_delta.items() if d > 0}
-        needed = {record[0].name for c in live if (record := record_chain(c)) is not None}
+        needed = {record[0].name for c in live if (record := record_chain(c, self.fam)) is not None}
         for name in sorted(set(aux) - needed):
             tx.delete(Chain(name))
             del aux[name]
         if len(tx):
             self.nft.run(tx)
+        for dkey in old_dests.keys() - new_dests.keys():
+            self.sticky_dests.pop(dkey, None)
+        self.sticky_dests.update(new_dests)
         for key in changed:
             if plans.get(key):
                 self.applied[key] = plans[key]
@@ -204,6 +255,13 @@ class NftablesProxier:
             self._purge_stragglers(removed)
         return SyncResult(full=False, operations=n_dels + n_adds + len(new_chains) + len(gone_chains),
                           rules=self.rule_count(), elements=self.elements)
+
+    def _valid_sticky_entries(self, dests: Mapping[str, StickyDest]) -> dict[str, list[Entry]]:
+        """The clients in the per-endpoint sets of the IPv6 table that the new state keeps (a set's name hashes
+        its destination and endpoint: same name, still valid)."""
+        wanted = {d.set_name(e) for d in dests.values() for e in d.endpoints}
+        listed = self.nft.list_sets(STICKY_SET_PREFIX)
+        return {name: entries for name, entries in listed.items() if name in wanted and entries}
 
     def _valid_entries(self, sticky: Mapping[StickyKey, AbstractSet[str]]) -> dict[str, list[Entry]]:
         """The affinity entries in the table whose endpoint is still a backend of their service."""
@@ -242,8 +300,9 @@ class NftablesProxier:
             log.warning("could not remove affinity entries of departed endpoints: %s", exc)
 
     def rule_count(self) -> int:
-        return sum(len(r) for _, r in {**base_chains(self.config), **affinity_chains()}.values()) + sum(
-            len(dispatch_rules(c, self.config)) for c in self.chain_refs) + sum(self.aux.values())
+        return sum(len(r) for _, r in {**base_chains(self.config), **affinity_chains(self.fam)}.values()) + sum(
+            len(dispatch_rules(c, self.config)) for c in self.chain_refs) + sum(self.aux.values()) + sum(
+            len(rules) for d in self.sticky_dests.values() for _, rules in d.chains(self.fam, self.config))
 
     def needs_repair(self) -> bool:
         if not self.synced:
@@ -251,7 +310,7 @@ class NftablesProxier:
         rules = self.nft.list_rules(CANARY_CHAIN)
         if not rules or not any("jump services" in r for r in rules):
             return True
-        return not self.nft.has_element(CANARY_ELEMENT[0], CANARY_ELEMENT[1])
+        return not self.nft.has_element(self.canary[0], self.canary[1])
 
     def cleanup(self) -> None:
         tx = self._tx()
@@ -259,7 +318,7 @@ class NftablesProxier:
         tx.delete(Table())
         self.nft.run(tx)
         self.applied, self.hairpin, self.chain_refs, self.synced = {}, Counter(), Counter(), False
-        self.aux = {}
+        self.aux, self.sticky_dests = {}, {}
 
 
 def _purge(tx: Transaction, stale: Mapping[str, list[Entry]]) -> None:

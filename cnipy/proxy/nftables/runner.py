@@ -48,6 +48,9 @@ class NftInterface(Protocol):
     def list_map(self, name: str) -> list[Entry] | None:
         """The elements of a map with their timers, or None when the map (or table) does not exist."""
 
+    def list_sets(self, prefix: str) -> dict[str, list[Entry]]:
+        """The elements (value "") of every set whose name starts with ``prefix``, by set; {} without a table."""
+
 
 class Nft:
     """The real thing. ``prefix`` runs nft elsewhere, e.g. ``("ip", "netns", "exec", "ns1")``."""
@@ -132,6 +135,20 @@ class Nft:
         except (ValueError, KeyError, TypeError) as exc:
             raise ApplyError(f"nft -j list map {name}: unexpected output: {exc}") from exc
 
+    def list_sets(self, prefix: str) -> dict[str, list[Entry]]:
+        # One listing of the table: a set is listed by name only, and there may be thousands of them.
+        try:
+            proc = subprocess.run([*self.prefix, self.binary, "-j", "list", "table", self.family, self.table],
+                                  text=True, capture_output=True, timeout=self.timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ApplyError(f"nft could not list table {self.table}: {exc}") from exc
+        if proc.returncode != 0:
+            return {}
+        try:
+            return parse_sets_json(proc.stdout, prefix)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ApplyError(f"nft -j list table: unexpected output: {exc}") from exc
+
     def list_rules(self, chain: str) -> list[str] | None:
         proc = subprocess.run([*self.prefix, self.binary, "list", "chain", self.family, self.table, chain],
                               text=True, capture_output=True, timeout=self.timeout)
@@ -158,6 +175,20 @@ def parse_map_json(text: str) -> list[Entry]:
             elem = key.get("elem", {"val": key}) if isinstance(key, dict) else {"val": key}
             entries.append(Entry(_text(elem["val"]), _text(value), elem.get("timeout"), elem.get("expires")))
     return entries
+
+
+def parse_sets_json(text: str, prefix: str) -> dict[str, list[Entry]]:
+    """The elements of the sets named ``prefix``... in ``nft -j list table`` output (nft 1.0.6)."""
+    out: dict[str, list[Entry]] = {}
+    for obj in json.loads(text)["nftables"]:
+        s = obj.get("set")
+        if s is None or not s["name"].startswith(prefix):
+            continue
+        entries = out.setdefault(s["name"], [])
+        for item in s.get("elem", []):
+            elem = item.get("elem", {"val": item}) if isinstance(item, dict) else {"val": item}
+            entries.append(Entry(_text(elem["val"]), "", elem.get("timeout"), elem.get("expires")))
+    return out
 
 
 _REF_CHAIN = re.compile(r"\b(?:jump|goto)\s+([A-Za-z][A-Za-z0-9_.-]*)")
@@ -200,14 +231,16 @@ class FakeNft:
             for key in [k for k, (_, deadline) in s.timers.items() if deadline <= self.now]:
                 del s.timers[key], s.elements[key]
 
-    def record(self, set_name: str, key: str, value: str, timeout: int) -> None:
-        """What an ``update @map { key timeout Ns : value }`` rule does for a packet: add the element, or
-        restart the timer of the one there (keeping its value)."""
+    def record(self, set_name: str, key: str, value: str | None, timeout: int) -> None:
+        """What an ``update @map { key timeout Ns : value }`` rule (``update @set { key timeout Ns }``: value
+        None) does for a packet: add the element, or restart the timer of the one there (keeping its value)."""
         self._expire(self.state)
         assert self.state is not None
         s = self.state.sets[set_name]
         if "dynamic" not in s.spec.flags or "timeout" not in s.spec.flags:
-            raise FakeApplyError("EOPNOTSUPP", f"{set_name} is not a dynamic map with timeouts")
+            raise FakeApplyError("EOPNOTSUPP", f"{set_name} is not a dynamic set or map with timeouts")
+        if s.spec.is_map != (value is not None):
+            raise FakeApplyError("EINVAL", f"{set_name}: a map needs a value, a set none")
         s.elements.setdefault(key, value)
         s.timers[key] = (timeout, self.now + timeout)
 
@@ -221,6 +254,14 @@ class FakeNft:
             timeout, deadline = s.timers.get(key, (None, None))
             out.append(Entry(key, value or "", timeout, None if deadline is None else int(deadline - self.now)))
         return out
+
+    def list_sets(self, prefix: str) -> dict[str, list[Entry]]:
+        self._expire(self.state)
+        if self.state is None:
+            return {}
+        return {name: [Entry(key, "", *((s.timers[key][0], int(s.timers[key][1] - self.now))
+                                        if key in s.timers else (None, None))) for key in s.elements]
+                for name, s in self.state.sets.items() if name.startswith(prefix) and not s.spec.is_map}
 
     def run(self, tx: Transaction) -> None:
         if (tx.family, tx.table) != (self.family, self.table):
@@ -277,7 +318,7 @@ class FakeNft:
         return t
 
     def _entries(self, t: _Table, obj: Entries) -> None:
-        self._elements(t, Verb.ADD, obj.set, [(e.key, e.value) for e in obj.items])
+        self._elements(t, Verb.ADD, obj.set, [(e.key, e.value or None) for e in obj.items])
         s = t.sets[obj.set]
         for e in obj.items:
             if e.timeout is None:

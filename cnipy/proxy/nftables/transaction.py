@@ -89,7 +89,8 @@ class RenderedElements:
 
 @dataclass(frozen=True)
 class Entry:
-    """An element of a dynamic map with its timer: what ``list_map`` reads and a full sync re-adds."""
+    """An element of a dynamic map (or set: ``value`` "") with its timer: what ``list_map`` and ``list_sets``
+    read and a full sync re-adds."""
 
     key: str
     value: str
@@ -100,7 +101,7 @@ class Entry:
         timer = "" if self.timeout is None else f" timeout {self.timeout}s"
         if self.timeout is not None and self.expires is not None:
             timer += f" expires {min(max(self.expires, 1), self.timeout)}s"  # the kernel: ERANGE past the timeout
-        return f"{self.key}{timer} : {self.value}"
+        return f"{self.key}{timer} : {self.value}" if self.value else f"{self.key}{timer}"
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,9 @@ def main() -> None:
     elif mode == "udp":
         count, sport = int(sys.argv[4]), int(sys.argv[5])
         timeout = float(sys.argv[6]) if len(sys.argv) > 6 else 0.5
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("0.0.0.0", sport))
+        v6 = ":" in host
+        s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("::" if v6 else "0.0.0.0", sport))
         s.settimeout(timeout)
         for i in range(count):
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -339,3 +339,79 @@ def test_real_kernel_accepts_random_partial_syncs(kernel: str, netns_factory: Ca
     if kernel != "nftables":  # counters differ; rule order within a chain does not
         got, want = ([ln for ln in x if not ln.startswith(":")] for x in (got, want))
     assert got == want
+
+
+def test_iptables_nft_restore_that_lists_first_loads_a_fresh_namespace(topo_factory: Callable[..., Topology],
+                                                                       netns_factory: Callable[[], Any]) -> None:
+    """A cold sync of 300 services names enough chains for the "-S" that spares iptables-nft its quadratic
+    chain list; in a namespace without a nat table yet, the jumps from the built-in chains must still be
+    created (they come before the "-S"), and the rules are those loaded without the "-S"."""
+    from cnipy.proxy.iptables.backend import IptablesProxier
+    from cnipy.proxy.iptables.runner import Iptables
+    from tests.unit.proxy.builders import scale_state
+
+    topo = topo_factory(2)
+    s = service("web", "10.95.0.1")
+    big = scale_state(300, 1)
+    st = ClusterState(services={**big.services, s.key: s},
+                      slices={**big.slices, s.key: (endpoints(s, *topo.endpoint_ips),)})
+    c = config()
+    texts: list[str] = []
+    ipt = Iptables("nft", prefix=("ip", "netns", "exec", topo.node.name))
+    real = ipt.restore_lines
+
+    def restore_lines(chunks: Iterable[str]) -> None:
+        texts.append("".join(chunks))
+        real(texts[-1:])
+    ipt.restore_lines = restore_lines  # type: ignore[method-assign]
+    IptablesProxier(ipt, c).sync(build_plans(st, c), None)
+    assert "-S" in texts[0].splitlines()
+    r = topo.probe("tcp", "10.95.0.1", "80", "40")
+    assert r["fail"] == 0 and len(r["ok"]) == 2  # type: ignore[arg-type]
+    plain = netns_factory()
+    reference = Iptables("nft", prefix=("ip", "netns", "exec", plain.name))
+    reference.quadratic_chain_names = False
+    IptablesProxier(reference, c).sync(build_plans(st, c), None)
+    got, want = (sorted(ln for ln in ns.run("iptables-save").stdout.splitlines() if not ln.startswith(("#", ":")))
+                 for ns in (topo.node, plain))
+    assert got == want
+
+
+@pytest.mark.parametrize("variant", ["iptables", "iptables-legacy"])
+def test_streamed_full_sync_that_fails_commits_nothing(variant: str, netns_factory: Callable[[], Any]) -> None:
+    """A full sync streams its text into iptables-restore while rendering: a line the tool refuses, or an
+    error of ours half-way (the tool is killed before it reads an end of file), leaves the rules as they were."""
+    node = netns_factory()
+    c = config()
+    a, b = service("a", "10.96.0.10"), service("b", "10.96.0.11")
+    p: Any = make_proxier(variant, node, c)
+    p.sync(build_plans(state((a, endpoints(a, "10.244.1.2"))), c), None)
+    dump = "iptables-legacy-save" if variant == "iptables-legacy" else "iptables-save"
+    before = _without_comments(node.run(dump).stdout)
+    real = p.ipt.restore_lines
+
+    def refused(chunks: Iterable[str]) -> None:
+        real(chunk.replace("COMMIT", "-A KUBE-SERVICES --bogus\nCOMMIT", 1) for chunk in chunks)
+
+    def ours_fails(chunks: Iterable[str]) -> None:
+        def half() -> Iterable[str]:
+            for i, chunk in enumerate(chunks):
+                if i == 250:  # 300 services: some 64 kB of the nat table already written
+                    raise RuntimeError("rendering failed")
+                yield chunk
+        real(half())
+
+    from tests.unit.proxy.builders import scale_state
+
+    big = scale_state(300, 2)
+    new = build_plans(ClusterState(services={**big.services, a.key: a, b.key: b},
+                                   slices={**big.slices, a.key: (endpoints(a, "10.244.1.3"),),
+                                           b.key: (endpoints(b, "10.244.1.4"),)}), c)
+    for broken, error in ((refused, ApplyError), (ours_fails, RuntimeError)):
+        p.ipt.restore_lines = broken
+        with pytest.raises(error):
+            p.sync(new, None)
+        assert _without_comments(node.run(dump).stdout) == before
+    p.ipt.restore_lines = real
+    p.sync(new, None)
+    assert "10.244.1.4:8080" in node.run(dump).stdout

@@ -49,8 +49,10 @@ def endpoints(svc: Service, *ips: str, port: int = 8080, node: str = "node1", pr
         eps.append(Endpoint((ip_address(ip),), ready=ready, serving=ip not in not_ready, terminating=term,
                             node_name=(nodes or {}).get(ip, node)))
     proto = Protocol(protocol) if protocol else svc.ports[0].protocol
-    return EndpointSlice(svc.key.namespace, f"{svc.key.name}-abc", svc.key.name, tuple(eps),
-                         (EndpointPort(svc.ports[0].name, proto, port),))
+    family = "IPv6" if eps and eps[0].addresses[0].version == 6 else "IPv4"
+    name = f"{svc.key.name}-abc" + ("-v6" if family == "IPv6" else "")
+    return EndpointSlice(svc.key.namespace, name, svc.key.name, tuple(eps),
+                         (EndpointPort(svc.ports[0].name, proto, port),), family)
 
 
 def state(*pairs: tuple[Service, EndpointSlice | None]) -> ClusterState:

@@ -41,7 +41,17 @@ def test_bad_options_are_refused_with_the_value_named() -> None:
     cases = [
         (["--cluster-cidr", "10.244.0.0/33"], "'10.244.0.0/33' is not a CIDR"),
         (["--cluster-cidr", "10.244.0.1/16"], "has host bits set"),
-        (["--cluster-cidr", "fd00::/64"], "IPv6 is not supported yet"),
+        (["--mode", "iptables", "--cluster-cidr", "fd00::/64"], "--mode iptables serves IPv4 only (IPv6 needs"),
+        (["--mode", "iptables", "--ip-family", "dual"], "--mode iptables serves IPv4 only (IPv6 needs"),
+        (["--ip-family", "ipv4", "--cluster-cidr", "fd00::/64"], "--cluster-cidr fd00::/64 is not of --ip-family ipv4"),
+        (["--ip-family", "ipv6", "--cluster-cidr", "10.244.0.0/16", "--cluster-cidr", "fd00::/64"],
+         "--cluster-cidr 10.244.0.0/16 is not of --ip-family ipv6"),
+        (["--cluster-cidr", "10.244.0.0/16", "--nodeport-address", "fd00::/64"],
+         "--nodeport-address fd00::/64: this proxy serves IPv4 only"),
+        (["--ip-family", "ipv6", "--nodeport-address", "192.168.0.0/24"],
+         "--nodeport-address 192.168.0.0/24: this proxy serves IPv6 only"),
+        (["--ip-family", "ipv6", "--localhost-nodeports"], "--localhost-nodeports is IPv4 only"),
+        (["--ip-family", "ipv5"], "'ipv5' is not one of"),
         (["--nodeport-address", "bogus"], "'bogus' is not a CIDR"),
         (["--healthz-address", "0.0.0.0:99999"], "port of 0-65535"),
         (["--metrics-address", "localhost:10249"], "'localhost:10249'"),
@@ -80,3 +90,60 @@ def test_conntrack_liberal_follows_the_sysctl(tmp_path: Path, monkeypatch: pytes
     for text, liberal in (("0\n", False), ("1\n", True)):
         sysctl.write_text(text)
         assert command._conntrack_tcp_liberal() is liberal
+
+
+def test_families_follow_the_cluster_cidrs_then_ip_family() -> None:
+    from ipaddress import ip_network
+
+    from cnipy.proxy.command import families
+    v4, v6 = ip_network("10.244.0.0/16"), ip_network("fd00:244::/48")
+    assert families(None, (), (), "nftables") == (4,)
+    assert families(None, (v6,), (), "nftables") == (6,)
+    assert families(None, (v6, v4), (), "nftables") == (4, 6)
+    assert families("dual", (), (), "nftables") == (4, 6)
+    assert families("dual", (v4,), (v6,), "nftables") == (4, 6)
+    assert families("ipv6", (), (), "nftables") == (6,)
+    assert families(None, (v4,), (), "iptables") == (4,)
+
+
+def test_dual_stack_makes_one_nftables_proxier_per_family() -> None:
+    from ipaddress import IPv6Network
+
+    from cnipy.proxy.command import make_proxier
+    from cnipy.proxy.dualstack import MetaProxier
+    from cnipy.proxy.errors import ProxyError
+    from cnipy.proxy.nftables.backend import NftablesProxier
+    from cnipy.proxy.plan import NodeConfig
+    v6 = NodeConfig("n1", cluster_cidrs=(IPv6Network("fd00::/64"),), ip_family=6)
+    proxier = make_proxier("nftables", [NodeConfig("n1"), v6])
+    assert isinstance(proxier, MetaProxier)
+    tables = {f: (p.nft.family, p.nft.table) for f, p in proxier.proxiers.items()}  # type: ignore[attr-defined]
+    assert tables == {4: ("ip", "cnipy"), 6: ("ip6", "cnipy")}
+    single = make_proxier("nftables", v6)
+    assert isinstance(single, NftablesProxier) and single.nft.family == "ip6"  # type: ignore[attr-defined]
+    with pytest.raises(ProxyError, match="--mode iptables does not serve IPv6"):
+        make_proxier("iptables", v6)
+
+
+def test_cleanup_removes_the_tables_of_both_families(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cnipy.proxy.command as cmd
+    made: list[list[int]] = []
+
+    class Cleaner:
+        mode = "nftables"
+
+        def cleanup(self) -> None:
+            made[-1].append(0)
+
+    def fake_make(mode: str, configs: object, backend: str = "nft") -> Cleaner:
+        made.append([c.ip_family for c in configs])  # type: ignore[attr-defined]
+        return Cleaner()
+
+    monkeypatch.setattr(cmd.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(cmd, "make_proxier", fake_make)
+    code, out = _run("--cleanup", "--node-name", "n1")  # no family options: IPv4 served, both cleaned
+    assert code == 0, out
+    assert made == [[4, 6, 0]]
+    made.clear()
+    code, out = _run("--cleanup", "--node-name", "n1", "--mode", "iptables")
+    assert code == 0 and made == [[4, 0]], out

@@ -67,6 +67,10 @@ def test_partial_syncs_converge_to_the_full_sync(seed: int) -> None:
         st = new
         reference, _ = synced(st)
         assert fake.dump() == reference.dump()
+        # A partial sync compares only the changed services' chains and the shared ones: what it records as
+        # applied must still be everything the full rendering would write.
+        assert proxier.applied == proxier._desired(proxier.owned)
+        assert proxier.shared_keys == set(proxier._shared(proxier.owned))
 
 
 def test_partial_sync_rewrites_only_changed_chains() -> None:
