@@ -208,8 +208,10 @@ def _partial(proxier: Proxier, st: ClusterState, key: ServiceKey) -> None:
 
 
 # (mode, sizes, repetitions per size). iptables-nft 1.8.x's --noflush restore is quadratic in the chains the
-# text names (its sorted list of chains to fetch, nft-cache.c) unless the text lists the table first; ours does
-# (backend._list_first_pays), so the bare load of the same text is linear too: 10k services take 15-20 s each.
+# text names (a sorted linked list of chains to fetch, nft-cache.c) unless the table is listed first ("-S"): ours
+# does when that pays (backend._list_first_pays), so the bare load of the same text is linear too. A 10k full
+# sync takes 10-15 s with iptables-nft, 6-9 s with legacy (the bare load of kube-proxy-shaped text without "-S"
+# did not finish in 10 minutes); the iptables-nft 10k figures therefore come from 2 repetitions, like legacy's.
 PLAN_FULL = [("nftables", (1000, 10000), (7, 5)), ("iptables", (1000, 10000), (5, 2)),
              ("iptables-legacy", (1000, 10000), (5, 2))]
 

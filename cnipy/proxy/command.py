@@ -1,8 +1,8 @@
 """``cnipy proxy``: the click command that assembles the daemon from its parts.
 
 IP families: those of the --cluster-cidr values (IPv4, IPv6 or both), else --ip-family, else IPv4. A dual-stack
-proxy runs one proxier per family (``dualstack.MetaProxier``) behind one daemon; the IPv6 proxier exists for
---mode nftables only (table ``ip6 cnipy``).
+proxy runs one proxier per family (``dualstack.MetaProxier``) behind one daemon: for IPv6 the table ``ip6 cnipy``
+(--mode nftables) or ip6tables (--mode iptables).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import click
 
@@ -27,8 +27,8 @@ from cnipy.proxy.model import IPAddress, IPNetwork
 from cnipy.proxy.plan import AnyNodeConfig, NodeConfig
 from cnipy.proxy.sync import Proxier
 
-# The proxiers each mode offers, by IP family (ip6tables-restore for --mode iptables is not written yet).
-FAMILIES_OF_MODE = {"nftables": (4, 6), "iptables": (4,)}
+# The proxiers each mode offers, by IP family.
+FAMILIES_OF_MODE = {"nftables": (4, 6), "iptables": (4, 6)}
 
 
 def make_proxier(mode: str, config: AnyNodeConfig | Sequence[AnyNodeConfig], iptables_backend: str = "nft") -> Proxier:
@@ -36,8 +36,7 @@ def make_proxier(mode: str, config: AnyNodeConfig | Sequence[AnyNodeConfig], ipt
     configs = (config,) if isinstance(config, NodeConfig) else tuple(config)
     for c in configs:
         if c.ip_family not in FAMILIES_OF_MODE[mode]:
-            raise ProxyError(f"--mode {mode} does not serve IPv{c.ip_family} (not implemented yet); "
-                             "use --mode nftables")
+            raise ProxyError(f"--mode {mode} does not serve IPv{c.ip_family}")
     if len(configs) > 1:
         from cnipy.proxy.dualstack import MetaProxier
         return MetaProxier({c.ip_family: make_proxier(mode, c, iptables_backend) for c in configs})
@@ -49,7 +48,7 @@ def make_proxier(mode: str, config: AnyNodeConfig | Sequence[AnyNodeConfig], ipt
         return NftablesProxier(Nft(family_of(one).table_family), one)
     from cnipy.proxy.iptables.backend import IptablesProxier
     from cnipy.proxy.iptables.runner import Iptables
-    return IptablesProxier(Iptables(iptables_backend), cast("NodeConfig[IPv4Network]", one))  # IPv4: checked above
+    return IptablesProxier(Iptables(iptables_backend, family=one.ip_family), one)
 
 
 def _conntrack(gone: Iterable[IPAddress], fresh: Iterable[tuple[IPAddress, int]],
@@ -92,7 +91,7 @@ def families(ip_family: str | None, cluster_cidrs: Sequence[IPNetwork], nodeport
         raise click.UsageError(f"--nodeport-address {', '.join(stray)}: this proxy serves "
                                f"{' and '.join(f'IPv{f}' for f in fams)} only (see --cluster-cidr, --ip-family)")
     if unserved := [f for f in fams if f not in FAMILIES_OF_MODE[mode]]:
-        raise click.UsageError(f"--mode {mode} serves IPv4 only (IPv{unserved[0]} needs --mode nftables)")
+        raise click.UsageError(f"--mode {mode} does not serve IPv{unserved[0]}")
     return fams
 
 
@@ -193,10 +192,11 @@ def proxy_command(**opts: Any) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def _tool(opts: dict[str, Any]) -> str:
+def _tools(opts: dict[str, Any], fams: Sequence[int]) -> list[str]:
     if opts["mode"] == "nftables":
-        return "nft"
-    return "iptables-legacy-restore" if opts["iptables_backend"] == "legacy" else "iptables-nft-restore"
+        return ["nft"]
+    suffix = "legacy" if opts["iptables_backend"] == "legacy" else "nft"
+    return [f"{'ip6' if f == 6 else 'ip'}tables-{suffix}-restore" for f in fams]
 
 
 def _config(opts: dict[str, Any], family: int) -> AnyNodeConfig:
@@ -218,9 +218,9 @@ def _run(opts: dict[str, Any]) -> None:
     if opts["localhost_nodeports"] and 4 not in fams:
         raise click.UsageError("--localhost-nodeports is IPv4 only (kube-proxy has no localhost NodePorts "
                                "for IPv6) and this proxy serves IPv6 only")
-    tool = _tool(opts)
-    if shutil.which(tool) is None:
-        raise click.ClickException(f"{tool} is not installed (needed by --mode {opts['mode']})")
+    for tool in _tools(opts, FAMILIES_OF_MODE[opts["mode"]] if opts["cleanup"] else fams):
+        if shutil.which(tool) is None:
+            raise click.ClickException(f"{tool} is not installed (needed by --mode {opts['mode']})")
     if opts["cleanup"]:  # every family this mode has tables for, whatever the options say
         make_proxier(opts["mode"], [NodeConfig(opts["node_name"], ip_family=f)
                                     for f in FAMILIES_OF_MODE[opts["mode"]]], opts["iptables_backend"]).cleanup()

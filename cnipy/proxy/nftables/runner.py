@@ -98,13 +98,14 @@ class Nft:
             proc.kill()  # killed before the end of its input, nft applies nothing
             proc.wait()
             raise
-        try:
-            rc = proc.wait(timeout=self.timeout)
-        except subprocess.TimeoutExpired as exc:
+        # nft's stderr ends when nft does: wait for that, then reap it with a blocking wait. (Popen.wait with a
+        # timeout polls with sleeps of up to 50 ms, a lot against a 20 ms partial sync.)
+        reader.join(timeout=self.timeout)
+        if reader.is_alive():
             proc.kill()
             proc.wait()
-            raise ApplyError(f"nft -f timed out after {self.timeout}s") from exc
-        reader.join(timeout=5)
+            raise ApplyError(f"nft -f timed out after {self.timeout}s")
+        rc = proc.wait()
         if rc != 0:
             raise ApplyError(f"nft -f failed (rc={rc}): {''.join(errors).strip()[:2000]}")
 

@@ -63,15 +63,25 @@ HEALTH = ("import json, sys, urllib.request as u, urllib.error as e\n"
           "except OSError as x:\n    print(0, '{}')\n")
 
 
+# (--mode, --iptables-backend, the commands that show the rules of each family)
+MODES = {"nftables": ("nftables", "nft", ("nft list table ip cnipy", "nft list table ip6 cnipy")),
+         "iptables": ("iptables", "nft", ("iptables-save", "ip6tables-save")),
+         "iptables-legacy": ("iptables", "legacy", ("iptables-legacy-save", "ip6tables-legacy-save"))}
+
+
+@pytest.mark.parametrize("variant", sorted(MODES))
 def test_one_daemon_serves_a_dual_stack_service_over_both_families(
-        tmp_path: Path, daemon: Callable[..., subprocess.Popen[str]],  # noqa: F811
+        variant: str, tmp_path: Path, daemon: Callable[..., subprocess.Popen[str]],  # noqa: F811
         topo_factory: Callable[..., Topology]) -> None:
-    need("nft")
+    mode, backend, dumps = MODES[variant]
+    for cmd in dumps:
+        need(cmd.split()[0])
     topo = topo_factory(2)
     (ep4, _), (_, ep6) = topo.endpoint_ips, topo.endpoint_ips6
     m = tmp_path / "m" / "web.yaml"
     write(m, DUAL.format(ep4=ep4, ep6=ep6, dns6=topo.endpoint_ips6[0]))
-    proc = daemon(topo, "nftables", "--cluster-cidr", "fd00:244::/48", "--healthz-address", "[::]:10256")
+    proc = daemon(topo, mode, "--iptables-backend", backend, "--cluster-cidr", "fd00:244::/48",
+                  "--healthz-address", "[::]:10256")
     assert wait_until(lambda: topo.probe("tcp", "10.96.0.10", "80", "1", "3")["ok"] == {"ep0": 1}, timeout=15), \
         proc.poll()
     # The same process, over IPv4 and IPv6: cluster IPs (the client is outside both cluster CIDRs: masqueraded),
@@ -82,8 +92,9 @@ def test_one_daemon_serves_a_dual_stack_service_over_both_families(
     assert r["ok"] == {"ep0": 10} and r["peers"] == {"192.168.100.2": 10}, r
     r = topo.probe("tcp", "fd00:100::1", "30080", "10", "3")
     assert r["ok"] == {"ep1": 10} and r["peers"] == {"fd00:100::2": 10}, r
-    tables = topo.node.run("nft", "list", "tables").stdout.split("\n")
-    assert "table ip cnipy" in tables and "table ip6 cnipy" in tables, tables
+    # The rules of each family hold only addresses of that family.
+    rules4, rules6 = (topo.node.run(*cmd.split()).stdout for cmd in dumps)
+    assert "10.96.0.10" in rules4 and "fd00:96::10" in rules6 and "fd00" not in rules4 and "10.96." not in rules6
     # One healthCheckNodePort server, over both families; one local endpoint (per family: not summed).
     for url in ("http://192.168.100.1:32000/", "http://[fd00:100::1]:32000/"):
         code, body = topo.client.run(sys.executable, "-c", HEALTH, url).stdout.split(" ", 1)
@@ -104,13 +115,18 @@ def test_one_daemon_serves_a_dual_stack_service_over_both_families(
     assert text.count("# TYPE cnipy_proxy_rules gauge") == 1  # one set of metrics, summed over the families
     proc.terminate()
     proc.wait(timeout=10)
-    # --cleanup removes both tables.
-    topo.node.run(sys.executable, "-m", "cnipy.proxy", "--cleanup", "--node-name", "node1")
-    assert "cnipy" not in topo.node.run("nft", "list", "tables").stdout
+    # --cleanup removes the rules of both families.
+    topo.node.run(sys.executable, "-m", "cnipy.proxy", "--cleanup", "--node-name", "node1", "--mode", mode,
+                  "--iptables-backend", backend)
+    if mode == "nftables":
+        assert "cnipy" not in topo.node.run("nft", "list", "tables").stdout
+    else:
+        for cmd in dumps:
+            assert "KUBE-" not in topo.node.run(*cmd.split()).stdout, cmd
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--mode", "iptables", "--cluster-cidr", "fd00::/64"), "--mode iptables serves IPv4 only"),
+    (("--mode", "iptables", "--ip-family", "ipv4", "--cluster-cidr", "fd00::/64"), "is not of --ip-family ipv4"),
     (("--ip-family", "ipv6", "--localhost-nodeports"), "--localhost-nodeports is IPv4 only"),
 ])
 def test_daemon_refuses_what_it_cannot_serve(args: tuple[str, ...], message: str, tmp_path: Path) -> None:

@@ -415,3 +415,27 @@ def test_streamed_full_sync_that_fails_commits_nothing(variant: str, netns_facto
     p.ipt.restore_lines = real
     p.sync(new, None)
     assert "10.244.1.4:8080" in node.run(dump).stdout
+
+
+@pytest.mark.parametrize("variant", ["iptables", "iptables-legacy"])
+def test_iptables_resync_restores_a_deleted_jump_and_canary(variant: str, netns_factory: Callable[[], Any]) -> None:
+    """A resync of a running proxy reads only the built-in chains (iptables -S each) and the canary, not the whole
+    rule set: what it reads must be in the format it compares with, so a deleted jump comes back once."""
+    node = netns_factory()
+    c = config()
+    s = service("web", "10.96.0.10")
+    plans = build_plans(state((s, endpoints(s, "10.244.1.2"))), c)
+    p = make_proxier(variant, node, c)
+    p.sync(plans, None)
+    ipt = "iptables-legacy" if variant == "iptables-legacy" else "iptables"
+    node.run(ipt, "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals",
+             "-j", "KUBE-SERVICES")
+    node.run(ipt, "-t", "mangle", "-X", "KUBE-PROXY-CANARY")
+    assert p.needs_repair()
+    p.sync(plans, None)
+    assert not p.needs_repair()
+    save = node.run(f"{ipt}-save").stdout
+    jumps = [ln for ln in save.splitlines() if ln.startswith(("-A PREROUTING", "-A OUTPUT", "-A POSTROUTING",
+                                                              "-A INPUT", "-A FORWARD"))]
+    assert len(jumps) == len(set(jumps)) == 14, jumps
+    assert '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES' in jumps

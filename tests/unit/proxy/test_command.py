@@ -41,8 +41,6 @@ def test_bad_options_are_refused_with_the_value_named() -> None:
     cases = [
         (["--cluster-cidr", "10.244.0.0/33"], "'10.244.0.0/33' is not a CIDR"),
         (["--cluster-cidr", "10.244.0.1/16"], "has host bits set"),
-        (["--mode", "iptables", "--cluster-cidr", "fd00::/64"], "--mode iptables serves IPv4 only (IPv6 needs"),
-        (["--mode", "iptables", "--ip-family", "dual"], "--mode iptables serves IPv4 only (IPv6 needs"),
         (["--ip-family", "ipv4", "--cluster-cidr", "fd00::/64"], "--cluster-cidr fd00::/64 is not of --ip-family ipv4"),
         (["--ip-family", "ipv6", "--cluster-cidr", "10.244.0.0/16", "--cluster-cidr", "fd00::/64"],
          "--cluster-cidr 10.244.0.0/16 is not of --ip-family ipv6"),
@@ -71,6 +69,10 @@ def test_missing_back_end_tool_is_a_clear_error(monkeypatch: object) -> None:
     monkeypatch.setattr(cmd.shutil, "which", lambda name: None)  # type: ignore[attr-defined]
     code, out = _run("--mode", "iptables", "--iptables-backend", "legacy", "--node-name", "n1")
     assert code == 1 and "iptables-legacy-restore is not installed (needed by --mode iptables)" in out
+    # IPv6 needs ip6tables-restore of the back end asked for, IPv4 alone does not
+    monkeypatch.setattr(cmd.shutil, "which", lambda name: None if name.startswith("ip6") else name)  # type: ignore[attr-defined]
+    code, out = _run("--mode", "iptables", "--ip-family", "dual", "--node-name", "n1")
+    assert code == 1 and "ip6tables-nft-restore is not installed (needed by --mode iptables)" in out
 
 
 def test_runtime_errors_become_messages_not_tracebacks(tmp_path: object) -> None:
@@ -104,6 +106,8 @@ def test_families_follow_the_cluster_cidrs_then_ip_family() -> None:
     assert families("dual", (v4,), (v6,), "nftables") == (4, 6)
     assert families("ipv6", (), (), "nftables") == (6,)
     assert families(None, (v4,), (), "iptables") == (4,)
+    assert families(None, (v6, v4), (), "iptables") == (4, 6)
+    assert families("ipv6", (), (), "iptables") == (6,)
 
 
 def test_dual_stack_makes_one_nftables_proxier_per_family() -> None:
@@ -111,7 +115,6 @@ def test_dual_stack_makes_one_nftables_proxier_per_family() -> None:
 
     from cnipy.proxy.command import make_proxier
     from cnipy.proxy.dualstack import MetaProxier
-    from cnipy.proxy.errors import ProxyError
     from cnipy.proxy.nftables.backend import NftablesProxier
     from cnipy.proxy.plan import NodeConfig
     v6 = NodeConfig("n1", cluster_cidrs=(IPv6Network("fd00::/64"),), ip_family=6)
@@ -121,8 +124,8 @@ def test_dual_stack_makes_one_nftables_proxier_per_family() -> None:
     assert tables == {4: ("ip", "cnipy"), 6: ("ip6", "cnipy")}
     single = make_proxier("nftables", v6)
     assert isinstance(single, NftablesProxier) and single.nft.family == "ip6"  # type: ignore[attr-defined]
-    with pytest.raises(ProxyError, match="--mode iptables does not serve IPv6"):
-        make_proxier("iptables", v6)
+    from cnipy.proxy.iptables.backend import IptablesProxier
+    assert isinstance(make_proxier("iptables", v6), IptablesProxier)  # ip6tables: see test_iptables_ipv6
 
 
 def test_cleanup_removes_the_tables_of_both_families(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,4 +149,4 @@ def test_cleanup_removes_the_tables_of_both_families(monkeypatch: pytest.MonkeyP
     assert made == [[4, 6, 0]]
     made.clear()
     code, out = _run("--cleanup", "--node-name", "n1", "--mode", "iptables")
-    assert code == 0 and made == [[4, 0]], out
+    assert code == 0 and made == [[4, 6, 0]], out
