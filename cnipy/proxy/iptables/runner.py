@@ -12,6 +12,7 @@ from ipaddress import ip_address, ip_network
 from typing import Protocol
 
 from cnipy.proxy.errors import ApplyError, FakeApplyError
+from cnipy.proxy.pipe import write_batched
 
 BUILTIN_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
@@ -97,15 +98,7 @@ class Iptables:
             raise ApplyError(f"{self.restore_bin} could not run: {exc}") from exc
         assert proc.stdin is not None
         try:
-            buf: list[str] = []
-            size = 0
-            for chunk in chunks:  # written 64 kB at a time: fewer wake-ups of a reader that would wait for more
-                buf.append(chunk)
-                size += len(chunk)
-                if size >= 1 << 16:
-                    proc.stdin.write("".join(buf))
-                    buf, size = [], 0
-            proc.stdin.write("".join(buf))
+            write_batched(proc.stdin, chunks)
         except BrokenPipeError:
             pass  # it stopped reading (it stops at the first error, a few lines of stderr): its status says why
         except BaseException:

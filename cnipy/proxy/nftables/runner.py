@@ -28,6 +28,7 @@ from cnipy.proxy.nftables.transaction import (
     Transaction,
     Verb,
 )
+from cnipy.proxy.pipe import write_batched
 
 _PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size
 
@@ -82,15 +83,7 @@ class Nft:
         reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
         reader.start()
         try:
-            buf: list[str] = []
-            size = 0
-            for line in lines:
-                buf.append(line)
-                size += len(line)
-                if size >= 1 << 16:
-                    proc.stdin.write("".join(buf))
-                    buf, size = [], 0
-            proc.stdin.write("".join(buf))
+            write_batched(proc.stdin, lines)
             proc.stdin.close()
         except BrokenPipeError:
             pass  # nft stopped reading: it failed; its exit status and stderr say why
