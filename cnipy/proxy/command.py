@@ -24,7 +24,7 @@ from cnipy.proxy.daemon import ManifestPoller, ProxyDaemon, Source, Timing
 from cnipy.proxy.errors import ProxyError
 from cnipy.proxy.health import HealthCheckServers, StatusServer
 from cnipy.proxy.model import IPAddress, IPNetwork
-from cnipy.proxy.plan import AnyNodeConfig, NodeConfig
+from cnipy.proxy.plan import DETECT_LOCAL_MODES, AnyNodeConfig, NodeConfig, interface_name_problem
 from cnipy.proxy.sync import Proxier
 
 # The proxiers each mode offers, by IP family.
@@ -73,11 +73,48 @@ def _cidrs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     return tuple(out)
 
 
+def _interface(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and (problem := interface_name_problem(value)):
+        raise click.BadParameter(f"{value!r} {problem}")
+    return value
+
+
+# --detect-local-mode: the option each mode needs (and only it takes).
+_LOCAL_OPTIONS = {"NodeCIDR": "pod_cidr", "BridgeInterface": "pod_bridge_interface",
+                  "InterfaceNamePrefix": "pod_interface_name_prefix"}
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_detect_local(opts: dict[str, Any], fams: Sequence[int]) -> None:
+    """UsageError unless --detect-local-mode has its option, and no other: NodeCIDR one --pod-cidr of each family
+    served, BridgeInterface --pod-bridge-interface, InterfaceNamePrefix --pod-interface-name-prefix."""
+    mode = opts["detect_local_mode"]
+    needed = _LOCAL_OPTIONS.get(mode)
+    for name in _LOCAL_OPTIONS.values():
+        if opts[name] and name != needed:
+            raise click.UsageError(f"{_option(name)} goes with --detect-local-mode "
+                                   f"{next(m for m, o in _LOCAL_OPTIONS.items() if o == name)}, not {mode}")
+    if needed is not None and not opts[needed]:
+        raise click.UsageError(f"--detect-local-mode {mode} needs {_option(needed)}")
+    if mode == "NodeCIDR":
+        nets = opts["pod_cidr"]
+        if stray := [str(n) for n in nets if n.version not in fams]:
+            raise click.UsageError(f"--pod-cidr {', '.join(stray)}: this proxy serves "
+                                   f"{' and '.join(f'IPv{f}' for f in fams)} only (see --cluster-cidr, --ip-family)")
+        for f in fams:
+            if (count := sum(n.version == f for n in nets)) != 1:
+                raise click.UsageError(f"--detect-local-mode NodeCIDR needs one --pod-cidr of each family served: "
+                                       f"{count} of IPv{f}")
+
+
 _IP_FAMILIES: dict[str, tuple[int, ...]] = {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}
 
 
 def families(ip_family: str | None, cluster_cidrs: Sequence[IPNetwork], nodeport_addresses: Sequence[IPNetwork],
-             mode: str) -> tuple[int, ...]:
+             mode: str, service_cidrs: Sequence[IPNetwork] = ()) -> tuple[int, ...]:
     """The IP families to serve: those of the cluster CIDRs, else --ip-family's, else IPv4 (UsageError when the
     options disagree or the mode cannot serve one)."""
     of_cidrs: tuple[int, ...] = tuple(sorted({n.version for n in cluster_cidrs}))
@@ -87,9 +124,10 @@ def families(ip_family: str | None, cluster_cidrs: Sequence[IPNetwork], nodeport
         fams = _IP_FAMILIES[ip_family]
         if stray := [str(n) for n in cluster_cidrs if n.version not in fams]:
             raise click.UsageError(f"--cluster-cidr {', '.join(stray)} is not of --ip-family {ip_family}")
-    if stray := [str(n) for n in nodeport_addresses if n.version not in fams]:
-        raise click.UsageError(f"--nodeport-address {', '.join(stray)}: this proxy serves "
-                               f"{' and '.join(f'IPv{f}' for f in fams)} only (see --cluster-cidr, --ip-family)")
+    for option, nets in (("--nodeport-address", nodeport_addresses), ("--service-cidr", service_cidrs)):
+        if stray := [str(n) for n in nets if n.version not in fams]:
+            raise click.UsageError(f"{option} {', '.join(stray)}: this proxy serves "
+                                   f"{' and '.join(f'IPv{f}' for f in fams)} only (see --cluster-cidr, --ip-family)")
     if unserved := [f for f in fams if f not in FAMILIES_OF_MODE[mode]]:
         raise click.UsageError(f"--mode {mode} does not serve IPv{unserved[0]}")
     return fams
@@ -153,7 +191,25 @@ def _conntrack_tcp_liberal() -> bool:
               "families are the families served (both: dual-stack, one proxier per family).")
 @click.option("--ip-family", type=click.Choice(sorted(_IP_FAMILIES)), default=None,
               help="Families to serve when no --cluster-cidr says it  [default: ipv4].")
+@click.option("--service-cidr", multiple=True, callback=_cidrs,
+              help="CIDR(s) ClusterIPs are allocated from, of the families served (repeatable). --mode nftables "
+              "drops new connections to an address in them that no service has, rather than routing them on "
+              "(a ClusterIP on a port it lacks is rejected with or without this). --mode iptables ignores it, "
+              "as kube-proxy's iptables mode has no such check.")
 @click.option("--masquerade-all", is_flag=True, help="Masquerade all service traffic.")
+@click.option("--detect-local-mode", type=click.Choice(DETECT_LOCAL_MODES), default="ClusterCIDR",
+              show_default=True,
+              help="How pod (local) traffic is told from the rest: its source in --cluster-cidr (ClusterCIDR) or "
+              "--pod-cidr (NodeCIDR), or its incoming interface: --pod-bridge-interface (BridgeInterface) or a "
+              "name starting with --pod-interface-name-prefix (InterfaceNamePrefix). Other traffic to a ClusterIP "
+              "is masqueraded; local traffic reaches every endpoint of an externalTrafficPolicy Local service.")
+@click.option("--pod-cidr", multiple=True, callback=_cidrs,
+              help="This node's pod CIDR (its podCIDRs: one per family served), for --detect-local-mode NodeCIDR.")
+@click.option("--pod-bridge-interface", callback=_interface,
+              help="The bridge this node's pods hang off, for --detect-local-mode BridgeInterface.")
+@click.option("--pod-interface-name-prefix", callback=_interface,
+              help="The name prefix of this node's pod interfaces (e.g. veth), for --detect-local-mode "
+              "InterfaceNamePrefix.")
 @click.option("--nodeport-address", multiple=True, callback=_cidrs,
               help="CIDR(s) of local addresses that serve NodePorts (default: every local address; a family "
               "none of them is of: every local address of that family).")
@@ -203,18 +259,25 @@ def _config(opts: dict[str, Any], family: int) -> AnyNodeConfig:
     """The NodeConfig of one family: the CIDRs of that family, localhost NodePorts for IPv4 only."""
     common: dict[str, Any] = {
         "node_name": opts["node_name"], "masquerade_all": opts["masquerade_all"],
-        "conntrack_tcp_liberal": _conntrack_tcp_liberal(), "zone": opts["zone"], "ip_family": family}
+        "conntrack_tcp_liberal": _conntrack_tcp_liberal(), "zone": opts["zone"], "ip_family": family,
+        "detect_local": opts["detect_local_mode"],
+        "node_cidrs": tuple(n for n in opts["pod_cidr"] if n.version == family),
+        "pod_interface": opts["pod_bridge_interface"] or opts["pod_interface_name_prefix"] or ""}
     cidrs, nodeports = opts["cluster_cidr"], opts["nodeport_address"]
     if family == 4:
         return NodeConfig(cluster_cidrs=tuple(n for n in cidrs if isinstance(n, IPv4Network)),
                           node_port_addresses=tuple(n for n in nodeports if isinstance(n, IPv4Network)),
+                          service_cidrs=tuple(n for n in opts["service_cidr"] if isinstance(n, IPv4Network)),
                           localhost_nodeports=opts["localhost_nodeports"], **common)
     return NodeConfig(cluster_cidrs=tuple(n for n in cidrs if isinstance(n, IPv6Network)),
-                      node_port_addresses=tuple(n for n in nodeports if isinstance(n, IPv6Network)), **common)
+                      node_port_addresses=tuple(n for n in nodeports if isinstance(n, IPv6Network)),
+                      service_cidrs=tuple(n for n in opts["service_cidr"] if isinstance(n, IPv6Network)), **common)
 
 
 def _run(opts: dict[str, Any]) -> None:
-    fams = families(opts["ip_family"], opts["cluster_cidr"], opts["nodeport_address"], opts["mode"])
+    fams = families(opts["ip_family"], opts["cluster_cidr"], opts["nodeport_address"], opts["mode"],
+                    opts["service_cidr"])
+    check_detect_local(opts, fams)
     if opts["localhost_nodeports"] and 4 not in fams:
         raise click.UsageError("--localhost-nodeports is IPv4 only (kube-proxy has no localhost NodePorts "
                                "for IPv6) and this proxy serves IPv6 only")

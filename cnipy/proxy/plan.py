@@ -55,16 +55,86 @@ class NodeConfig(Generic[_Net]):
     conntrack_tcp_liberal: bool = False
     zone: str | None = None  # this node's topology zone: enables topology-aware hints
     ip_family: int = 4  # 4 or 6: the addresses, endpoint slices and CIDRs this proxier serves
+    # The ranges ClusterIPs are allocated from: traffic to an address in them that no service has is dropped
+    # (nftables mode, as kube-proxy's; empty: only traffic to a ClusterIP on a port it lacks is rejected).
+    service_cidrs: tuple[_Net, ...] = ()
+    # How pod ("local") traffic is told from the rest, kube-proxy's --detect-local-mode (DETECT_LOCAL_MODES): by
+    # source address in cluster_cidrs (ClusterCIDR) or in node_cidrs, this node's pod CIDRs (NodeCIDR), or by the
+    # interface it came in on, pod_interface: a bridge (BridgeInterface) or a name prefix (InterfaceNamePrefix).
+    # Local traffic to a ClusterIP is not masqueraded; under externalTrafficPolicy Local it still reaches every
+    # endpoint. The renderers read local_cidrs and local_interface.
+    detect_local: str = "ClusterCIDR"
+    node_cidrs: tuple[_Net, ...] = ()
+    pod_interface: str = ""
 
     def __post_init__(self) -> None:
         if self.ip_family not in (4, 6):
             raise ValueError(f"ip_family must be 4 or 6, not {self.ip_family!r}")
-        for what, nets in (("cluster_cidrs", self.cluster_cidrs), ("node_port_addresses", self.node_port_addresses)):
+        for what, nets in (("cluster_cidrs", self.cluster_cidrs), ("node_port_addresses", self.node_port_addresses),
+                           ("service_cidrs", self.service_cidrs)):
             if any(n.version != self.ip_family for n in nets):
                 raise ValueError(f"{what} of an IPv{self.ip_family} NodeConfig must be IPv{self.ip_family}: "
                                  f"{', '.join(map(str, nets))}")
         if self.localhost_nodeports and self.ip_family == 6:
             raise ValueError("localhost NodePorts are IPv4 only")
+        self._check_detect_local()
+
+    def _check_detect_local(self) -> None:
+        mode = self.detect_local
+        if mode not in DETECT_LOCAL_MODES:
+            raise ValueError(f"detect_local must be one of {', '.join(DETECT_LOCAL_MODES)}, not {mode!r}")
+        if any(n.version != self.ip_family for n in self.node_cidrs):
+            raise ValueError(f"node_cidrs of an IPv{self.ip_family} NodeConfig must be IPv{self.ip_family}: "
+                             f"{', '.join(map(str, self.node_cidrs))}")
+        if (mode == "NodeCIDR") != bool(self.node_cidrs):
+            raise ValueError("detect_local NodeCIDR needs node_cidrs, and only it takes them")
+        if (mode in ("BridgeInterface", "InterfaceNamePrefix")) != bool(self.pod_interface):
+            raise ValueError("detect_local BridgeInterface and InterfaceNamePrefix need pod_interface, and only "
+                             "they take it")
+        if self.pod_interface and (problem := interface_name_problem(self.pod_interface)):
+            raise ValueError(f"pod_interface {self.pod_interface!r} {problem}")
+
+    @property
+    def local_cidrs(self) -> tuple[_Net, ...]:
+        """The source CIDRs of local (pod) traffic; empty when it is told by interface, or not told at all
+        (ClusterCIDR without cluster CIDRs: nothing is masqueraded for coming from off the cluster)."""
+        if self.detect_local == "ClusterCIDR":
+            return self.cluster_cidrs
+        return self.node_cidrs  # empty unless NodeCIDR
+
+    @property
+    def local_interface(self) -> tuple[str, bool] | None:
+        """(name, match names that start with it) of the interface local traffic comes in on; None when it is
+        told by source address. A prefix of 15 characters matches the name itself only: no longer name exists
+        (IFNAMSIZ), and nft and iptables refuse the 16-character wildcard ("...*", "...+")."""
+        if not self.pod_interface:
+            return None
+        prefix = self.detect_local == "InterfaceNamePrefix" and len(self.pod_interface) < IFNAMSIZ - 1
+        return self.pod_interface, prefix
+
+
+DETECT_LOCAL_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
+IFNAMSIZ = 16  # Linux: an interface name has at most IFNAMSIZ - 1 bytes
+_NOT_IN_RULES = "*+\"'\\"  # what nft or iptables read as a wildcard or a quote
+
+
+def interface_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an interface name (or name prefix) in our rules, as a phrase; None if it can.
+    Linux (dev_valid_name) refuses empty names, '.' and '..', names of IFNAMSIZ bytes or more, '/', ':' and
+    whitespace; we also refuse what nft or iptables would read as a wildcard or a quote, and non-printable or
+    non-ASCII characters, which no rule text needs."""
+    if not name:
+        return "is empty"
+    if name in (".", ".."):
+        return "is not an interface name (Linux refuses '.' and '..')"
+    if len(name.encode()) >= IFNAMSIZ:
+        return f"is longer than {IFNAMSIZ - 1} characters (Linux's limit)"
+    if bad := sorted({c for c in name if c in "/:" or c.isspace()}):
+        return f"contains {' '.join(map(repr, bad))}, which Linux refuses in an interface name"
+    if bad := sorted({c for c in name if c in _NOT_IN_RULES or not c.isprintable() or not c.isascii()}):
+        return (f"contains {' '.join(map(repr, bad))}: give printable ASCII without {_NOT_IN_RULES}, which nft "
+                "and iptables read as wildcards or quotes")
+    return None
 
 
 AnyNodeConfig = NodeConfig[IPv4Network] | NodeConfig[IPv6Network]

@@ -4,8 +4,9 @@ nat:    PREROUTING/OUTPUT -> KUBE-SERVICES -> KUBE-SVC-* (cluster IP) | KUBE-EXT
         KUBE-FW-* (LB IP with source ranges); last rule -> KUBE-NODEPORTS -> KUBE-EXT-*.
         KUBE-SVC-* / KUBE-SVL-* (local endpoints) pick a KUBE-SEP-* with statistic probabilities 1/n, 1/(n-1), ...
         (ClientIP affinity: xt_recent per endpoint first); KUBE-SEP-* marks hairpin traffic and DNATs.
-        POSTROUTING -> KUBE-POSTROUTING masquerades what KUBE-MARK-MASQ marked. With several cluster CIDRs,
-        cluster IP traffic from none of them is marked via KUBE-MASQ-OFF-CLUSTER (ours: kube-proxy takes one).
+        POSTROUTING -> KUBE-POSTROUTING masquerades what KUBE-MARK-MASQ marked. Cluster IP traffic that is not
+        local (--detect-local-mode: "! -s <cluster or node CIDR>", "! -i <bridge>", "! -i <prefix>+") is marked;
+        with several such CIDRs, via KUBE-MASQ-OFF-CLUSTER (ours: kube-proxy takes one).
 filter: KUBE-SERVICES / KUBE-EXTERNAL-SERVICES reject services without endpoints and drop Local-policy traffic
         on nodes without local endpoints; KUBE-PROXY-FIREWALL drops LB traffic from outside the source ranges;
         KUBE-FIREWALL protects 127/8 when localhost NodePorts are on (CVE-2020-8558; IPv4 only). Then the accepts
@@ -119,9 +120,18 @@ def base_rules(cfg: AnyNodeConfig) -> dict[tuple[str, str], list[str]]:
         ("filter", n.KUBE_FIREWALL): fw,
         ("filter", n.KUBE_FORWARD): forward,
         **({("nat", n.KUBE_MASQ_OFF_CLUSTER): [
-            *(f"-A {n.KUBE_MASQ_OFF_CLUSTER} -s {net} -j RETURN" for net in cfg.cluster_cidrs),
-            f"-A {n.KUBE_MASQ_OFF_CLUSTER} -j {n.KUBE_MARK_MASQ}"]} if len(cfg.cluster_cidrs) > 1 else {}),
+            *(f"-A {n.KUBE_MASQ_OFF_CLUSTER} -s {net} -j RETURN" for net in cfg.local_cidrs),
+            f"-A {n.KUBE_MASQ_OFF_CLUSTER} -j {n.KUBE_MARK_MASQ}"]} if len(cfg.local_cidrs) > 1 else {}),
     }
+
+
+def _interface(cfg: AnyNodeConfig) -> str | None:
+    """``-i`` of local (pod) traffic told by interface (--detect-local-mode), "veth+" for a prefix; None when it is
+    told by source address. Locally generated traffic has no incoming interface: never local this way."""
+    if (iface := cfg.local_interface) is None:
+        return None
+    name, prefix = iface
+    return f"-i {name}{'+' if prefix else ''}"
 
 
 def nodeports_jumps(cfg: AnyNodeConfig) -> list[str]:
@@ -194,10 +204,12 @@ def port_rules(c: IptContribution, p: PortPlan, cfg: AnyNodeConfig) -> None:
             c.nat_services.append(f"-A {n.KUBE_SERVICES} {dest} -j {internal_chain}")
             if cfg.masquerade_all:
                 masq_head.append(f"-A {internal_chain} {dest} -j {n.KUBE_MARK_MASQ}")
-            elif len(cfg.cluster_cidrs) == 1:
-                masq_head.append(f"-A {internal_chain} {dest} ! -s {cfg.cluster_cidrs[0]} -j {n.KUBE_MARK_MASQ}")
-            elif cfg.cluster_cidrs:  # "from none of them" takes a chain: one "! -s" rule per CIDR marks all
+            elif len(cfg.local_cidrs) == 1:
+                masq_head.append(f"-A {internal_chain} {dest} ! -s {cfg.local_cidrs[0]} -j {n.KUBE_MARK_MASQ}")
+            elif cfg.local_cidrs:  # "from none of them" takes a chain: one "! -s" rule per CIDR marks all
                 masq_head.append(f"-A {internal_chain} {dest} -j {n.KUBE_MASQ_OFF_CLUSTER}")
+            elif iface := _interface(cfg):
+                masq_head.append(f"-A {internal_chain} {dest} ! {iface} -j {n.KUBE_MARK_MASQ}")
         elif not p.all_backends:
             c.filter_services.append(f'-A {n.KUBE_SERVICES} -m comment --comment "{name} has no endpoints" '
                                      f"{match} -d {ip}{host} --dport {p.port} -j {_reject(proto, fam)}")
@@ -225,7 +237,10 @@ def port_rules(c: IptContribution, p: PortPlan, cfg: AnyNodeConfig) -> None:
     if p.all_backends:
         if p.external_local:
             rules = [f'-A {ext} -m comment --comment "pod traffic for {name} external destinations" '
-                     f"-s {net} -j {svc}" for net in cfg.cluster_cidrs]
+                     f"-s {net} -j {svc}" for net in cfg.local_cidrs]
+            if iface := _interface(cfg):
+                rules.append(f'-A {ext} -m comment --comment "pod traffic for {name} external destinations" '
+                             f"{iface} -j {svc}")
             rules += [
                 f'-A {ext} -m comment --comment "masquerade LOCAL traffic for {name} external destinations" '
                 f"-m addrtype --src-type LOCAL -j {n.KUBE_MARK_MASQ}",

@@ -228,7 +228,7 @@ class FakeIptables:
                 if repeated:
                     # iptables: "multiple -d flags not allowed" (each base match once per rule)
                     raise FakeApplyError("EINVAL", f"{where}: multiple {repeated} flags not allowed")
-                wrong = _family_error(rest, self.family)
+                wrong = _family_error(rest, self.family) or _interface_error(rest)
                 if wrong:
                     raise FakeApplyError("EINVAL", f"{where}: {wrong}")
                 if op == "-A":
@@ -322,6 +322,14 @@ def _repeated_base_option(rule: tuple[str, ...]) -> str | None:
     for opt in _BASE_OPTIONS:
         if rule.count(opt) > 1:
             return opt
+    return None
+
+
+def _interface_error(rule: tuple[str, ...]) -> str | None:
+    """iptables refuses an interface name (a "+" wildcard included) of IFNAMSIZ (16) characters or more."""
+    for i, opt in enumerate(rule[:-1]):
+        if opt in ("-i", "-o", "--in-interface", "--out-interface") and len(rule[i + 1]) >= 16:
+            return f"interface name `{rule[i + 1]}' must be shorter than IFNAMSIZ (15)"
     return None
 
 

@@ -13,6 +13,7 @@ from collections.abc import Set as AbstractSet
 from cnipy.proxy.errors import ApplyError
 from cnipy.proxy.model import ServiceKey
 from cnipy.proxy.nftables.render import (
+    CLUSTER_IPS_SET,
     STICKY_SET_PREFIX,
     ElementText,
     StickyDest,
@@ -20,6 +21,7 @@ from cnipy.proxy.nftables.render import (
     affinity_chains,
     affinity_map_name,
     base_chains,
+    cluster_ips_chains,
     contribution,
     dispatch_rules,
     family_of,
@@ -66,6 +68,7 @@ class NftablesProxier:
         # are re-derived from its plans when it changes), and reference counts of what services share.
         self.applied: dict[ServiceKey, tuple[PortPlan, ...]] = {}
         self.hairpin: Counter[str] = Counter()
+        self.cluster_ips: Counter[str] = Counter()  # services per ClusterIP (two from manifests may share one)
         self.chain_refs: Counter[str] = Counter()
         self.aux: dict[str, int] = {}  # affinity record chains in the table -> their rule counts
         self.synced = False
@@ -87,16 +90,18 @@ class NftablesProxier:
         tx.add(Table())
         for s in sets(self.fam):
             tx.add(s)
-        chains = {**base_chains(self.config), **affinity_chains(self.fam)}
+        chains = self._fixed_chains()
         for chain, _ in chains.values():
             tx.add(chain)
         for chain, rules in chains.values():
             for r in rules:
                 tx.add(Rule(chain.name, r))
         tx.add(Element(*self.canary))
-        # Every service's elements as text, counting the dispatch chains and hairpin entries services share.
+        # Every service's elements as text, counting the dispatch chains, hairpin entries and ClusterIPs services
+        # share.
         text = ElementText(self.fam)
         hairpin: Counter[str] = Counter()
+        cluster_ips: Counter[str] = Counter()
         refs: dict[str, int] = {}
         applied = {}
         for key, ports in plans.items():
@@ -110,6 +115,7 @@ class NftablesProxier:
                 refs[name] = refs.get(name, 0) + 1
             if text.hairpin:
                 hairpin.update(text.hairpin)
+            cluster_ips.update(text.cluster_ips)
         aux: dict[str, int] = {}
         for name in refs:  # before the elements that jump to them
             for _, obj in self._add_dispatch(name, aux):
@@ -122,14 +128,17 @@ class NftablesProxier:
             tx.add(RenderedElements(set_name, items))
         if hairpin:
             tx.add(RenderedElements("hairpin", list(hairpin)))
+        if cluster_ips:
+            tx.add(RenderedElements(CLUSTER_IPS_SET, list(cluster_ips)))
         carried = self._valid_entries(text.sticky) if text.sticky else {}
         for map_name, entries in (*carried.items(), *carried_sets.items()):
             tx.add(Entries(map_name, tuple(entries)))
         self.nft.run(tx)
         self.sticky_dests = dict(sticky)
         self.applied, self.hairpin, self.chain_refs, self.aux = applied, hairpin, Counter(refs), aux
+        self.cluster_ips = cluster_ips
         self.synced = True
-        self.elements = sum(map(len, text.text.values())) + len(hairpin) + 1  # and the canary
+        self.elements = sum(map(len, text.text.values())) + len(hairpin) + len(cluster_ips) + 1  # and the canary
         return SyncResult(full=True, operations=len(tx), rules=self.rule_count(), elements=self.elements)
 
     def _add_dispatch(self, name: str, aux: dict[str, int]) -> Iterator[tuple[Verb, Object]]:
@@ -167,6 +176,7 @@ class NftablesProxier:
         dels: dict[str, list[str]] = {}
         adds: dict[str, list[tuple[str, str | None]]] = {}
         hairpin_delta: Counter[str] = Counter()
+        cluster_ip_delta: Counter[str] = Counter()
         chain_delta: Counter[str] = Counter()
         for key, new in new_owned.items():
             old = old_owned[key]
@@ -180,13 +190,17 @@ class NftablesProxier:
                         adds.setdefault(set_name, []).append((k, v))
             hairpin_delta.update(new.hairpin)
             hairpin_delta.subtract(old.hairpin)
+            cluster_ip_delta.update(new.cluster_ips)
+            cluster_ip_delta.subtract(old.cluster_ips)
             chain_delta.update(new.chains)
             chain_delta.subtract(old.chains)
-        for k, d in hairpin_delta.items():
-            if d > 0 and self.hairpin.get(k, 0) <= 0:
-                adds.setdefault("hairpin", []).append((k, None))
-            elif d < 0 and self.hairpin.get(k, 0) + d <= 0:
-                dels.setdefault("hairpin", []).append(k)
+        for set_name, delta, counts in (("hairpin", hairpin_delta, self.hairpin),
+                                        (CLUSTER_IPS_SET, cluster_ip_delta, self.cluster_ips)):
+            for k, d in delta.items():  # shared elements: added by their first user, deleted with their last
+                if d > 0 and counts.get(k, 0) <= 0:
+                    adds.setdefault(set_name, []).append((k, None))
+                elif d < 0 and counts.get(k, 0) + d <= 0:
+                    dels.setdefault(set_name, []).append(k)
         # Affinity entries that point to an endpoint leaving its service (or a service leaving affinity), and
         # for a service address that gains affinity, those pointing elsewhere than its endpoints (recorded by
         # the NodePort rule for a port equal to an affinity NodePort; see render.affinity_chains).
@@ -248,6 +262,7 @@ class NftablesProxier:
                 self.applied.pop(key, None)
         self.aux = aux
         _apply_delta(self.hairpin, hairpin_delta)
+        _apply_delta(self.cluster_ips, cluster_ip_delta)
         _apply_delta(self.chain_refs, chain_delta)
         n_dels, n_adds = sum(map(len, dels.values())), sum(map(len, adds.values()))
         self.elements += n_adds - n_dels
@@ -299,8 +314,12 @@ class NftablesProxier:
         except ApplyError as exc:
             log.warning("could not remove affinity entries of departed endpoints: %s", exc)
 
+    def _fixed_chains(self) -> dict[str, tuple[Chain, tuple[str, ...]]]:
+        """The chains every table has, whatever its services."""
+        return {**base_chains(self.config), **affinity_chains(self.fam), **cluster_ips_chains(self.config)}
+
     def rule_count(self) -> int:
-        return sum(len(r) for _, r in {**base_chains(self.config), **affinity_chains(self.fam)}.values()) + sum(
+        return sum(len(r) for _, r in self._fixed_chains().values()) + sum(
             len(dispatch_rules(c, self.config)) for c in self.chain_refs) + sum(self.aux.values()) + sum(
             len(rules) for d in self.sticky_dests.values() for _, rules in d.chains(self.fam, self.config))
 
@@ -318,6 +337,7 @@ class NftablesProxier:
         tx.delete(Table())
         self.nft.run(tx)
         self.applied, self.hairpin, self.chain_refs, self.synced = {}, Counter(), Counter(), False
+        self.cluster_ips = Counter()
         self.aux, self.sticky_dests = {}, {}
 
 

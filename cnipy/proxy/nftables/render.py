@@ -26,9 +26,22 @@ Packet path (O(1) whatever the number of services):
     filter-prerouting / filter-output (before DNAT): LB source ranges, then services without (local)
     endpoints: reject (none at all) or drop (Local policy, none on this node)
     filter-forward: drop ct state invalid (see base_chains: no accepts, they could not override a host firewall)
+    cluster-ips-forward / cluster-ips-output (filter forward / output, priority -90: after DNAT) ->
+    cluster-ips-check, for new connections: still addressed to a ClusterIP (set cluster-ips) after DNAT means a
+    port no service has: reject; else to an address in --service-cidr: an unallocated ClusterIP, drop.
     nat-postrouting -> masquerading: hairpin (saddr . daddr in @hairpin), then the masquerade mark.
 
 A service change touches only map elements (and creates a dispatch chain the first time a shape appears).
+
+Hooks and priorities: the DNAT decision is made in the nat chains at -100 (prerouting, output). What must see
+the service address (firewall, endpoints checks) runs before, at -110; what must know the DNAT outcome runs after
+it, at -90: the affinity record chains (filter prerouting/output) and the ClusterIP check (filter output; the
+forward hook comes after prerouting's DNAT whatever its priority, -90 only for symmetry). The ClusterIP check and
+the affinity chains share hook and priority on output without an order between them, which needs none: the
+check acts on connections nothing DNATed (their destination is still a ClusterIP), the record only on DNATed
+ones. Nothing checks the input hook: a ClusterIP is no local address, so traffic to it is forwarded (from
+elsewhere) or sent out (from the node). kube-proxy's nftables mode does the same (its cluster-ips-check chain,
+jumped to from its filter-forward and filter-output-post-dnat chains); its iptables mode has no such check.
 
 ClientIP affinity is remembered per ENDPOINT, as kube-proxy's ``recent`` lists do: the dynamic map
 ``affinity-<proto>`` maps (client, service address, service port) to the endpoint the connection was DNATed
@@ -98,11 +111,27 @@ TABLE = "cnipy"
 IP_KEY = IPV4.ip_key
 NP_KEY = "meta l4proto . th dport"
 REJECT_CHAIN = "reject-packet"
+CLUSTER_IPS_SET = "cluster-ips"
+CLUSTER_IPS_CHECK = "cluster-ips-check"
 DROP_EXTERNAL_CHAIN = "drop-external"
 
 
 def _cidrs(nets: Sequence[IPNetwork]) -> str:
     return str(nets[0]) if len(nets) == 1 else "{ " + ", ".join(map(str, nets)) + " }"
+
+
+def local_match(cfg: AnyNodeConfig, negate: bool = False) -> str | None:
+    """The match of local (pod) traffic, or of all other traffic (negate), by --detect-local-mode: the source
+    address (``ip saddr``) or the incoming interface (``iifname``, "veth*" for a prefix); None when local traffic
+    is not told apart (ClusterCIDR without cluster CIDRs). Locally generated traffic has no incoming interface:
+    never local by interface, as with kube-proxy."""
+    op = "!= " if negate else ""
+    if cfg.local_cidrs:
+        return f"{family_of(cfg).table_family} saddr {op}{_cidrs(cfg.local_cidrs)}"
+    if (iface := cfg.local_interface) is not None:
+        name, prefix = iface
+        return f'iifname {op}"{name}{"*" if prefix else ""}"'
+    return None
 
 
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -138,6 +167,7 @@ def sets(fam: Family = IPV4) -> tuple[Set, ...]:
         # The service keys of affinity services, as seen after DNAT: which record chain (timeout) to use.
         Set("affinity-ips", f"type {ipk} : verdict", is_map=True),
         Set("affinity-nodeports", "type inet_proto . inet_service : verdict", is_map=True),
+        Set(CLUSTER_IPS_SET, f"type {fam.addr_type}"),  # every ClusterIP: see cluster_ips_chains
     )
 
 
@@ -183,7 +213,7 @@ def base_chains(cfg: AnyNodeConfig) -> dict[str, tuple[Chain, tuple[str, ...]]]:
         # TCP gets a reset: ICMP errors are rate-limited per peer, so a burst of connects would see timeouts.
         (Chain(REJECT_CHAIN), ("meta l4proto tcp reject with tcp reset", fam.reject)),
         (Chain(DROP_EXTERNAL_CHAIN), (
-            *([f"{ip} saddr {_cidrs(cfg.cluster_cidrs)} return"] if cfg.cluster_cidrs else []),
+            *([f"{local} return"] if (local := local_match(cfg)) else []),
             "fib saddr type local return",
             "drop",
         )),
@@ -233,6 +263,25 @@ def affinity_chains(fam: Family = IPV4) -> dict[str, tuple[Chain, tuple[str, ...
     return {c.name: (c, r) for c, r in chains}
 
 
+def cluster_ips_chains(cfg: AnyNodeConfig) -> dict[str, tuple[Chain, tuple[str, ...]]]:
+    """kube-proxy's cluster-ips-check, after DNAT (see "Hooks and priorities" above): a new connection still
+    addressed to a ClusterIP went to a port no service has (reject: TCP reset, ICMP port unreachable); one to an
+    address in the service CIDRs that no service has is dropped, as a ClusterIP not allocated yet (or any more)
+    would be, rather than routed on (the node's default route would take it). Without service CIDRs only the
+    reject is installed."""
+    ip = family_of(cfg).table_family
+    rules = [f"{ip} daddr @{CLUSTER_IPS_SET} goto {REJECT_CHAIN}"]
+    if cfg.service_cidrs:
+        rules.append(f"{ip} daddr {_cidrs(cfg.service_cidrs)} drop")
+    check = (f"ct state new jump {CLUSTER_IPS_CHECK}",)
+    chains = [
+        (Chain(CLUSTER_IPS_CHECK), tuple(rules)),
+        (Chain("cluster-ips-forward", "filter", "forward", "-90"), check),
+        (Chain("cluster-ips-output", "filter", "output", "-90"), check),
+    ]
+    return {c.name: (c, r) for c, r in chains}
+
+
 def record_chain_name(proto: str, timeout: int) -> str:
     return f"record-{proto}-t{timeout}"
 
@@ -271,15 +320,15 @@ def dispatch_rules(name: str, cfg: AnyNodeConfig) -> tuple[str, ...]:
     if mode == "c":
         if cfg.masquerade_all:
             rules.append(mark)
-        elif cfg.cluster_cidrs:
-            rules.append(f"{ip} saddr != {_cidrs(cfg.cluster_cidrs)} {mark}")
+        elif not_local := local_match(cfg, negate=True):
+            rules.append(f"{not_local} {mark}")
         rules += pick("", n, "backends")
     elif mode == "x":
         rules += [mark, *pick("", n, "backends")]
     else:  # "l": external traffic policy Local; pods and the node itself still reach every endpoint
         if c:
-            if cfg.cluster_cidrs:
-                rules += pick(f"{ip} saddr {_cidrs(cfg.cluster_cidrs)}", c, "cluster-backends")
+            if local := local_match(cfg):
+                rules += pick(local, c, "cluster-backends")
             rules += [f"fib saddr type local {mark}", *pick("fib saddr type local", c, "cluster-backends")]
         if n:
             rules += pick("", n, "backends")
@@ -375,6 +424,7 @@ class _Walk:
         self.affinity_ok = fam.affinity
         self.sticky_dests: dict[str, StickyDest] = {}  # IPv6 affinity destinations by key (see StickyDest)
         self.hairpin: set[str] = set()  # kept apart from the elements: services share hairpin entries
+        self.cluster_ips: set[str] = set()  # the same: ports share their service's, manifests may share them too
         self.chains: set[str] = set()  # the dispatch chains the elements jump to
         self.sticky: dict[StickyKey, set[str]] = {}  # affinity destinations -> their endpoints
 
@@ -422,8 +472,9 @@ class _Walk:
         no_internal = None if internal else (f"goto {REJECT_CHAIN}" if not all_backends else "drop")
         text = self.text_of
         for ip in p.cluster_ips:
-            self.dest("ip", proto, f"{text(ip)} . {proto} . {p.port}", "c", internal, (), affinity,
-                      no_internal)
+            addr = text(ip)
+            self.cluster_ips.add(addr)
+            self.dest("ip", proto, f"{addr} . {proto} . {p.port}", "c", internal, (), affinity, no_internal)
         for b in local_backends:  # hairpin only happens on the endpoint's own node
             self.hairpin.add(f"{text(b.ip)} . {text(b.ip)}")
         if p.node_port is None and not p.external_ips and not p.load_balancer_ips:
@@ -468,8 +519,8 @@ class Contribution(_Walk):
 class ElementText(_Walk):
     """The elements of many services as nft element text ("key" or "key : value") by set, for a full sync:
     one string per element and no per-element tuples or dicts (a 10k-service sync renders 110k of them).
-    ``chains`` and ``hairpin`` are those of the service walked last (``start`` clears them); ``sticky`` is that
-    of all services."""
+    ``chains``, ``hairpin`` and ``cluster_ips`` are those of the service walked last (``start`` clears them);
+    ``sticky`` is that of all services."""
 
     def __init__(self, fam: Family = IPV4) -> None:
         super().__init__(fam)
@@ -477,7 +528,7 @@ class ElementText(_Walk):
         self.v4 = fam is IPV4
 
     def start(self) -> None:
-        self.chains, self.hairpin = set(), set()
+        self.chains, self.hairpin, self.cluster_ips = set(), set(), set()
 
     def _put(self, set_name: str, key: str, value: str | None) -> None:
         self.text.setdefault(set_name, []).append(key if value is None else f"{key} : {value}")

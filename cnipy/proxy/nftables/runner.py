@@ -187,6 +187,7 @@ def parse_sets_json(text: str, prefix: str) -> dict[str, list[Entry]]:
 
 _REF_CHAIN = re.compile(r"\b(?:jump|goto)\s+([A-Za-z][A-Za-z0-9_.-]*)")
 _REF_SET = re.compile(r"@([A-Za-z][A-Za-z0-9_.-]*)")
+_IFNAME = re.compile(r'\b[io]ifname (?:!= )?"([^"]*)"')  # nft: at most 15 characters, a wildcard "*" included
 
 
 @dataclass
@@ -357,6 +358,9 @@ class FakeNft:
         for ref in _REF_SET.findall(obj.rule):
             if ref not in t.sets:
                 raise FakeApplyError("ENOENT", f"rule {obj.rule!r}: no set {ref}")
+        for name in _IFNAME.findall(obj.rule):
+            if len(name) > 15:
+                raise FakeApplyError("EINVAL", f"rule {obj.rule!r}: String exceeds maximum length of 16")
         chain.rules.append(obj.rule)
 
     def _set(self, t: _Table, verb: Verb, obj: Set) -> None:

@@ -49,6 +49,10 @@ def test_bad_options_are_refused_with_the_value_named() -> None:
         (["--ip-family", "ipv6", "--nodeport-address", "192.168.0.0/24"],
          "--nodeport-address 192.168.0.0/24: this proxy serves IPv6 only"),
         (["--ip-family", "ipv6", "--localhost-nodeports"], "--localhost-nodeports is IPv4 only"),
+        (["--cluster-cidr", "10.244.0.0/16", "--service-cidr", "10.96.0.0/16", "--service-cidr", "fd00:96::/112"],
+         "--service-cidr fd00:96::/112: this proxy serves IPv4 only"),
+        (["--ip-family", "ipv6", "--service-cidr", "10.96.0.0/16"], "--service-cidr 10.96.0.0/16: this proxy serves"),
+        (["--service-cidr", "10.96.0.1/16"], "has host bits set"),
         (["--ip-family", "ipv5"], "'ipv5' is not one of"),
         (["--nodeport-address", "bogus"], "'bogus' is not a CIDR"),
         (["--healthz-address", "0.0.0.0:99999"], "port of 0-65535"),
@@ -108,6 +112,27 @@ def test_families_follow_the_cluster_cidrs_then_ip_family() -> None:
     assert families(None, (v4,), (), "iptables") == (4,)
     assert families(None, (v6, v4), (), "iptables") == (4, 6)
     assert families("ipv6", (), (), "iptables") == (6,)
+
+
+def test_service_cidrs_go_to_the_config_of_their_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cnipy.proxy.command as cmd
+    made: list[object] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_make(mode: str, configs: object, backend: str = "nft") -> None:
+        made.extend(configs)  # type: ignore[call-overload]
+        raise Stop
+
+    monkeypatch.setattr(cmd.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(cmd, "make_proxier", fake_make)
+    result = CliRunner().invoke(proxy_command, [
+        "--manifests", "/", "--node-name", "n1", "--ip-family", "dual", "--service-cidr", "10.96.0.0/16",
+        "--service-cidr", "fd00:96::/112", "--service-cidr", "10.97.0.0/16"])
+    assert isinstance(result.exception, Stop), result.output
+    assert [(c.ip_family, tuple(map(str, c.service_cidrs))) for c in made] == [  # type: ignore[attr-defined]
+        (4, ("10.96.0.0/16", "10.97.0.0/16")), (6, ("fd00:96::/112",))]
 
 
 def test_dual_stack_makes_one_nftables_proxier_per_family() -> None:

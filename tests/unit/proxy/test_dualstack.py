@@ -142,7 +142,7 @@ def synced4(st: ClusterState) -> FakeNft:
 
 def _mutate(st: ClusterState, rng: random.Random) -> ClusterState:
     services, slices = dict(st.services), dict(st.slices)
-    action = rng.randrange(3) if services else 2
+    action = rng.randrange(4) if services else 2
     key = rng.choice(sorted(services)) if services else ServiceKey("", "")
     svc = services.get(key)
     if svc is not None and action == 0:  # the endpoints of one family change
@@ -156,6 +156,11 @@ def _mutate(st: ClusterState, rng: random.Random) -> ClusterState:
     elif action == 1 and svc is not None:  # the service goes
         del services[key]
         slices.pop(key, None)
+    elif action == 3 and svc is not None:  # another service on its ClusterIPs, another port (cluster-ips shared)
+        i = rng.randrange(3)
+        s = dataclasses.replace(service(f"share{i}", "10.96.9.9", 2000 + i), cluster_ips=svc.cluster_ips)
+        services[s.key] = s
+        slices[s.key] = ()
     else:  # a new dual-stack NodePort service
         i = rng.randrange(200)
         s, sl = dual(f"new{i}", f"10.96.1.{i + 1}", f"fd00:96:1::{i + 1:x}", (f"10.244.1.{i + 1}",),
@@ -177,6 +182,9 @@ def test_dual_stack_partial_syncs_converge_to_the_full_sync(seed: int) -> None:
         st = new
         assert f4.dump() == synced4(st).dump()
         assert f6.dump() == synced6(st)[0].dump()
+        for fake, v in ((f4, 4), (f6, 6)):
+            assert fake.elements("cluster-ips") == dict.fromkeys(
+                {str(ip) for x in st.services.values() for ip in x.cluster_ips if ip.version == v})
 
 
 def test_one_family_failing_fails_the_sync_and_keeps_its_rules() -> None:

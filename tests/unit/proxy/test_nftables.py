@@ -3,11 +3,12 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import Counter
+from ipaddress import IPv4Network, IPv6Network, ip_address
 
 import pytest
 
 from cnipy.proxy.errors import ApplyError, FakeApplyError
-from cnipy.proxy.model import ClusterState, ServiceKey
+from cnipy.proxy.model import ClusterState, ServiceKey, ServicePort
 from cnipy.proxy.nftables.backend import NftablesProxier
 from cnipy.proxy.nftables.runner import FakeNft, parse_map_json
 from cnipy.proxy.nftables.transaction import (
@@ -125,7 +126,7 @@ def _mutate(st: ClusterState, rng: random.Random) -> ClusterState:
     keys = sorted(services)
     key = rng.choice(keys)
     svc = services[key]
-    action = rng.randrange(4)
+    action = rng.randrange(6)
     if action == 0:  # endpoints change
         n = rng.randrange(0, 5)
         ips = [f"10.244.{rng.randrange(1, 3)}.{rng.randrange(2, 250)}" for _ in range(n)]
@@ -138,29 +139,47 @@ def _mutate(st: ClusterState, rng: random.Random) -> ClusterState:
         services[key] = dataclasses.replace(
             svc, affinity_timeout=None if svc.affinity_timeout else 100,
             external_traffic_policy=rng.choice(list(type(svc.external_traffic_policy))))
-    else:  # a new service
+    elif action == 3:  # a new service
         i = rng.randrange(1000)
         s = service(f"new{i}", f"10.96.1.{i % 250 + 1}", type="NodePort", node_port=31000 + i)
         services[s.key] = s
         slices[s.key] = (endpoints(s, f"10.244.1.{i % 250 + 1}"),)
+    elif action == 4:  # another port on the same ClusterIP, or one port less (cluster-ips: shared by ports)
+        if len(svc.ports) > 1:
+            services[key] = dataclasses.replace(svc, ports=svc.ports[:1])
+        else:
+            p = svc.ports[0]
+            extra = ServicePort("extra", p.protocol, p.port + 1000 + rng.randrange(3), p.target_port)
+            services[key] = dataclasses.replace(svc, ports=(*svc.ports, extra))
+    else:  # another service on an existing service's ClusterIP (another port), or a ClusterIP moves
+        other = services[rng.choice(keys)]
+        if rng.random() < 0.5:
+            s = service(f"share{rng.randrange(3)}", str(other.cluster_ips[0]), 2000 + rng.randrange(100))
+            services[s.key] = s
+            slices[s.key] = (endpoints(s, f"10.244.1.{rng.randrange(2, 250)}"),)
+        else:
+            services[key] = dataclasses.replace(svc, cluster_ips=(ip_address(f"10.96.2.{rng.randrange(1, 5)}"),))
     return ClusterState(services=services, slices=slices)
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_partial_syncs_converge_to_the_full_sync(seed: int) -> None:
     rng = random.Random(seed)
-    cfg = config()
+    kw = {"service_cidrs": (IPv4Network("10.96.0.0/16"),)} if seed % 2 else {}
+    cfg = config(**kw)
     st = feature_state()
     fake = FakeNft()
     proxier = NftablesProxier(fake, cfg)
     proxier.sync(build_plans(st, cfg), None)
-    for _ in range(25):
+    for _ in range(40):
         new = _mutate(st, rng)
         changed = changed_services(st, new)
         result = proxier.sync(build_plans(new, cfg), changed)
         assert not result.full
         st = new
-        reference, _ = synced(st)
+        reference, _ = synced(st, **kw)
+        assert fake.elements("cluster-ips") == dict.fromkeys(
+            {str(ip) for s in st.services.values() for ip in s.cluster_ips})
         assert fake.dump() == reference.dump()
         assert result.elements == sum(len(s.elements) for s in reference.state.sets.values())  # type: ignore[union-attr]
 
@@ -365,3 +384,22 @@ def test_parse_map_json_of_nft_1_0_6() -> None:
         "1.2.3.4 . 10.96.0.10 . 80 timeout 60s expires 1s : 10.244.1.10 . 8080"
     # The kernel refuses (ERANGE) an element that expires after its timeout.
     assert Entry("k", "v", 10, 30).text() == "k timeout 10s expires 10s : v"
+
+
+def test_cluster_ips_check_rejects_bad_ports_and_drops_unallocated_addresses() -> None:
+    s = service("web", "10.96.0.10")
+    st = state((s, endpoints(s, "10.244.1.2")))
+    fake, _ = synced(st)
+    assert fake.list_rules("cluster-ips-check") == ["ip daddr @cluster-ips goto reject-packet"]  # no CIDR: no drop
+    assert fake.elements("cluster-ips") == {"10.96.0.10": None}
+    # After DNAT: forward (any priority), output after nat output (-100); new connections only.
+    for name, hook in (("cluster-ips-forward", "forward"), ("cluster-ips-output", "output")):
+        assert f"chain {name} {{ type filter hook {hook} priority -90;" in fake.dump()
+        assert fake.list_rules(name) == ["ct state new jump cluster-ips-check"]
+    nets = (IPv4Network("10.96.0.0/16"), IPv4Network("10.97.0.0/24"))
+    for cidrs, drop in ((nets[:1], "ip daddr 10.96.0.0/16 drop"),
+                        (nets, "ip daddr { 10.96.0.0/16, 10.97.0.0/24 } drop")):
+        fake, _ = synced(st, service_cidrs=cidrs)
+        assert fake.list_rules("cluster-ips-check") == ["ip daddr @cluster-ips goto reject-packet", drop]
+    with pytest.raises(ValueError, match="service_cidrs of an IPv4 NodeConfig must be IPv4"):
+        config(service_cidrs=(IPv6Network("fd00:96::/112"),))
