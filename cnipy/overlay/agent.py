@@ -29,6 +29,7 @@ from cnipy.overlay.etcd import Client, Etcd, FileEtcd, Watch
 from cnipy.overlay.kernel import Kernel, NetlinkKernel
 from cnipy.overlay.metrics import Metrics, StatusServer
 from cnipy.overlay.reconcile import reconcile
+from cnipy.stopflag import StopFlag
 
 log = logging.getLogger("cnipy.overlay.agent")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -104,7 +105,7 @@ class Agent:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._lease_lost = threading.Event()
-        self._stopping = threading.Event()
+        self._stopping = StopFlag()  # set from a signal handler too (request_stop): no lock in it
         self._threads: list[threading.Thread] = []
         self._watch: Watch | None = None
         self._server: StatusServer | None = None

@@ -13,7 +13,6 @@ the families); conntrack cleanup and healthCheckNodePorts see the plans of both.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from cnipy.proxy.metrics import Metrics
 from cnipy.proxy.model import ClusterState, IPAddress, ServiceKey
 from cnipy.proxy.plan import AnyNodeConfig, NodeConfig, PortPlan, build_family_plans, changed_services
 from cnipy.proxy.sync import Proxier, gc_paused
+from cnipy.stopflag import StopFlag
 
 log = logging.getLogger("cnipy.proxy")
 
@@ -86,7 +86,7 @@ class ProxyDaemon:
         self.conntrack = conntrack
         self.healthchecks = healthchecks
         self.clock = clock
-        self.stop_event = threading.Event()
+        self.stop_event = StopFlag()  # set from a signal handler (command.py): no lock in it
         self.state = ClusterState()
         self.plans: dict[ServiceKey, tuple[PortPlan, ...]] = {}
         self.applied_plans: dict[ServiceKey, tuple[PortPlan, ...]] = {}

@@ -114,7 +114,7 @@ def test_one_daemon_serves_a_dual_stack_service_over_both_families(
     assert deleted and float(deleted[0].rsplit(" ", 1)[1]) >= 1, deleted
     assert text.count("# TYPE cnipy_proxy_rules gauge") == 1  # one set of metrics, summed over the families
     proc.terminate()
-    proc.wait(timeout=10)
+    proc.wait(timeout=30)  # generous: a loaded CI machine may be mid-sync of both families
     # --cleanup removes the rules of both families.
     topo.node.run(sys.executable, "-m", "cnipy.proxy", "--cleanup", "--node-name", "node1", "--mode", mode,
                   "--iptables-backend", backend)
