@@ -9,7 +9,7 @@ whole and reported with its origin and field, so nothing half-works.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from cnipy.proxy.errors import ManifestError
 from cnipy.proxy.model import ClusterState, Protocol, Service, ServiceKey
@@ -37,9 +37,11 @@ def _claims(svc: Service) -> Iterator[tuple[Claim, str, str]]:
 
 
 def resolve(state: ClusterState, previous: ClusterState | None = None,
-            origins: dict[ServiceKey, str] | None = None) -> tuple[ClusterState, tuple[ManifestError, ...]]:
+            origins: Mapping[ServiceKey, tuple[str, str]] | None = None,
+            ) -> tuple[ClusterState, tuple[ManifestError, ...]]:
     """``state`` without the services whose claims collide with another's, and a problem for each of them.
-    ``previous`` is what is in force: its unchanged services win. ``origins`` names where a service came from."""
+    ``previous`` is what is in force: its unchanged services win. ``origins`` names where a service came from:
+    (file or API path, the prefix of its fields there, e.g. "[1]." for a file's second document)."""
     prev = previous.services if previous is not None else {}
     keys = sorted(state.services)
     order = [k for k in keys if prev.get(k) == state.services[k]] + [
@@ -53,8 +55,8 @@ def resolve(state: ClusterState, previous: ClusterState | None = None,
         for claim, fld, what in _claims(svc):
             other = owner.get(claim)
             if other is not None and other != key:
-                where = (origins or {}).get(key, f"service {key.namespace}/{key.name}")
-                problem = ManifestError(where, fld, f"{what} is already served by service "
+                where, prefix = (origins or {}).get(key, (f"service {key.namespace}/{key.name}", ""))
+                problem = ManifestError(where, prefix + fld, f"{what} is already served by service "
                                         f"{other.namespace}/{other.name}; this service is skipped")
                 break
             mine[claim] = None

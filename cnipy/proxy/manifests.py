@@ -98,7 +98,7 @@ def parse_file(file: Path) -> FileObjects:
 def combine(parsed: Sequence[tuple[Path, FileObjects]], previous: ClusterState | None = None) -> LoadResult:
     """The state of many files (in order): duplicate services and conflicting claims are reported and skipped."""
     services: dict[ServiceKey, Service] = {}
-    origins: dict[ServiceKey, str] = {}
+    origins: dict[ServiceKey, tuple[str, str]] = {}
     slices: list[EndpointSlice] = []
     pods: list[Pod] = []
     problems: list[ManifestError] = []
@@ -108,10 +108,10 @@ def combine(parsed: Sequence[tuple[Path, FileObjects]], previous: ClusterState |
             first = origins.get(svc.key)
             if first is not None:
                 problems.append(ManifestError(str(file), f"{where}metadata.name", f"service {svc.key.namespace}/"
-                                              f"{svc.key.name} is already defined in {first}; skipped"))
+                                              f"{svc.key.name} is already defined in {first[0]}; skipped"))
                 continue
             services[svc.key] = svc
-            origins[svc.key] = str(file)
+            origins[svc.key] = (str(file), where)
         slices += objs.slices
         pods += objs.pods
     state, clashes = resolve(build_state(services.values(), slices, pods), previous, origins)

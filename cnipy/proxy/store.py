@@ -68,7 +68,7 @@ class ObjectStore:
         services = [v for v in values if isinstance(v, Service)]
         slices = [v for v in values if isinstance(v, EndpointSlice)]
         problems = tuple(v for v in values if isinstance(v, ManifestError))
-        origins = {s.key: f"{self.origin}/{SERVICES}/{s.key.namespace}/{s.key.name}" for s in services}
+        origins = {s.key: (f"{self.origin}/{SERVICES}/{s.key.namespace}/{s.key.name}", "") for s in services}
         state, clashes = resolve(build_state(services, slices, ()), self.last, origins)
         self.last = state
         return state, (*problems, *clashes)

@@ -28,12 +28,12 @@ def test_no_conflict_keeps_the_state_object() -> None:
 def test_first_by_name_wins_among_new_services_and_the_loser_is_skipped_whole() -> None:
     st = state((B_SAME_NODEPORT, endpoints(B_SAME_NODEPORT, "10.244.1.3")), (A, endpoints(A, "10.244.1.2")),
                (C_SAME_EXTERNAL, None), (D_SAME_EXTERNAL, None), (F_HC_ON_NODEPORT, None))
-    kept, problems = resolve(st, origins={ServiceKey("default", "b"): "/etc/svc/b.yaml"})
+    kept, problems = resolve(st, origins={ServiceKey("default", "b"): ("/etc/svc/b.yaml", "[1].")})
     assert set(kept.services) == {A.key, C_SAME_EXTERNAL.key}
     assert set(kept.slices) == {A.key}
     msgs = {(p.file, p.field, p.message) for p in problems}
     assert msgs == {
-        ("/etc/svc/b.yaml", "spec.ports[0].nodePort",
+        ("/etc/svc/b.yaml", "[1].spec.ports[0].nodePort",
          "nodePort 30080/TCP is already served by service default/a; this service is skipped"),
         ("service default/d", "spec.externalIPs[0]",
          "192.0.2.1:80/TCP is already served by service default/c; this service is skipped"),
@@ -160,3 +160,17 @@ def test_without_inotify_every_poll_walks(tmp_path: Path) -> None:
     assert not src.changed()
     _write(tmp_path / "a.yaml", "a", "10.96.0.1", 30090)
     assert src.changed()
+
+
+def test_a_conflict_inside_one_file_names_the_document(tmp_path: Path) -> None:
+    (tmp_path / "all.yaml").write_text("""
+kind: Service
+metadata: {name: a, namespace: default}
+spec: {type: NodePort, clusterIP: 10.96.0.1, ports: [{port: 80, nodePort: 30080}]}
+---
+kind: Service
+metadata: {name: b, namespace: default}
+spec: {type: NodePort, clusterIP: 10.96.0.2, ports: [{port: 80, nodePort: 30080}]}
+""")
+    result = ManifestSource([tmp_path]).load()
+    assert [(Path(p.file).name, p.field) for p in result.problems] == [("all.yaml", "[1].spec.ports[0].nodePort")]
