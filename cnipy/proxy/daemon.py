@@ -104,11 +104,12 @@ class ProxyDaemon:
     def step(self) -> bool:
         """Returns True when a sync ran (successfully or not)."""
         now = self.clock()
-        update = self.source.poll()
-        if update is not None:
-            new_state, problems = update
-            self._take(new_state, problems)
-            self.have_state = True
+        with gc_paused():  # a snapshot of 10k services allocates ~1M objects: 85% of its time went to the GC
+            update = self.source.poll()
+            if update is not None:
+                new_state, problems = update
+                self._take(new_state, problems)
+                self.have_state = True
         if not self.have_state:
             return False  # never sync before the source's first snapshot: an empty one would drop every service
         if now - self.last_full >= self.timing.full_sync_period:

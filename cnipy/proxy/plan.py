@@ -321,8 +321,11 @@ def build_plans(state: ClusterState, config: AnyNodeConfig,
 def changed_services(old: ClusterState, new: ClusterState) -> set[ServiceKey]:
     """Services whose definition or endpoint slices differ between two states."""
     keys = set(old.services) | set(new.services)
+    os_, ns, ol, nl = old.services, new.services, old.slices, new.slices
+    # Identity first: sources hand the unchanged objects over again, and a dataclass compares in Python code.
     return {k for k in keys
-            if old.services.get(k) != new.services.get(k) or old.slices.get(k, ()) != new.slices.get(k, ())}
+            if ((a := os_.get(k)) is not (b := ns.get(k)) and a != b)
+            or ((c := ol.get(k, ())) is not (d := nl.get(k, ())) and c != d)}
 
 
 def build_plan(state: ClusterState, config: AnyNodeConfig) -> Plan:
