@@ -107,7 +107,7 @@ def timed(fn: Callable[[], object]) -> float:
 def bare_load(mode: str, ns: N.Netns, text: str) -> float:
     with tempfile.NamedTemporaryFile("w", suffix=".rules", delete=False) as f:
         f.write(text)
-    restore = "iptables-legacy-restore" if mode == "iptables-legacy" else "iptables-restore"
+    restore = "iptables-legacy-restore" if mode == "iptables-legacy" else "iptables-nft-restore"
     argv = ["nft", "-f", f.name] if mode == "nftables" else [restore, "-w", "5", "--noflush", f.name]
     try:
         return timed(lambda: subprocess.run(["ip", "netns", "exec", ns.name, *argv], check=True,

@@ -57,8 +57,9 @@ class IptablesInterface(Protocol):
 
 
 class Iptables:
-    """``variant`` "nft" uses iptables/iptables-restore, "legacy" their -legacy twins; ``family`` 6 the ip6tables
-    ones (one proxier per IP family, as kube-proxy)."""
+    """``variant`` "nft" uses iptables-nft/iptables-nft-restore, "legacy" their -legacy twins (named explicitly:
+    plain "iptables" is whatever the system's alternatives point at); ``family`` 6 the ip6tables ones (one
+    proxier per IP family, as kube-proxy)."""
 
     def __init__(self, variant: str = "nft", *, prefix: Sequence[str] = (), timeout: float = 600,
                  family: int = 4) -> None:
@@ -66,8 +67,8 @@ class Iptables:
             raise ValueError(f"iptables variant must be nft or legacy, not {variant!r}")
         if family not in (4, 6):
             raise ValueError(f"family must be 4 or 6, not {family!r}")
-        suffix = "-legacy" if variant == "legacy" else ""
-        tool = "ip6tables" if family == 6 else "iptables"  # family 6: ip6tables, ip6tables-restore, ...
+        suffix = "-legacy" if variant == "legacy" else "-nft"
+        tool = "ip6tables" if family == 6 else "iptables"  # family 6: ip6tables-nft, ip6tables-nft-restore, ...
         self.iptables = f"{tool}{suffix}"
         self.quadratic_chain_names = variant == "nft"
         self.restore_bin = f"{tool}{suffix}-restore"

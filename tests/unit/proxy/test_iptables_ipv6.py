@@ -172,7 +172,7 @@ def test_one_family_failing_keeps_its_rules_and_cleanup_removes_both() -> None:
 
 def test_make_proxier_gives_iptables_an_ip6tables_proxier() -> None:
     from cnipy.proxy.command import make_proxier
-    for backend, tools in (("nft", ("iptables-restore", "ip6tables-restore")),
+    for backend, tools in (("nft", ("iptables-nft-restore", "ip6tables-nft-restore")),
                            ("legacy", ("iptables-legacy-restore", "ip6tables-legacy-restore"))):
         proxier = make_proxier("iptables", [V4, V6], backend)
         assert isinstance(proxier, MetaProxier)
@@ -182,7 +182,7 @@ def test_make_proxier_gives_iptables_an_ip6tables_proxier() -> None:
         assert runners[6].iptables == tools[1].removesuffix("-restore")
     single = make_proxier("iptables", V6)
     assert isinstance(single, IptablesProxier) and single.config is V6
-    assert single.ipt.restore_bin == "ip6tables-restore"  # type: ignore[attr-defined]
+    assert single.ipt.restore_bin == "ip6tables-nft-restore"  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("cfg", [V4, V6], ids=["ipv4", "ipv6"])
