@@ -66,35 +66,24 @@ def with_target(st: ClusterState, ep_ip: str) -> ClusterState:
                         slices={**st.slices, s.key: (endpoints(s, ep_ip, node="bench-node"),)})
 
 
+def _tee(captured: list[str], chunks: Any) -> Any:
+    for chunk in chunks:
+        captured.append(chunk)
+        yield chunk
+
+
 def proxier_for(mode: str, ns: N.Netns, captured: list[str]) -> Proxier:
+    """A proxier in ``ns`` that also copies the rule text it applies into ``captured`` (for the bare load)."""
     prefix = ("ip", "netns", "exec", ns.name)
     if mode.startswith("nftables"):
         nft = Nft(prefix=prefix)
-        real = nft.run_lines
-
-        def run_lines(lines: Any) -> None:
-            def tee() -> Any:
-                for line in lines:
-                    captured.append(line)
-                    yield line
-            real(tee())
-        nft.run_lines = run_lines  # type: ignore[method-assign]
+        run_lines = nft.run_lines
+        nft.run_lines = lambda lines: run_lines(_tee(captured, lines))  # type: ignore[method-assign]
         return NftablesProxier(nft, CONFIG)
     ipt = Iptables("legacy" if mode == "iptables-legacy" else "nft", prefix=prefix)
-    real_restore, real_restore_lines = ipt.restore, ipt.restore_lines
-
-    def restore(text: str) -> None:
-        captured.append(text)
-        real_restore(text)
-
-    def restore_lines(chunks: Any) -> None:
-        def tee() -> Any:
-            for chunk in chunks:
-                captured.append(chunk)
-                yield chunk
-        real_restore_lines(tee())
-    ipt.restore = restore  # type: ignore[method-assign]
-    ipt.restore_lines = restore_lines  # type: ignore[method-assign]
+    restore, restore_lines = ipt.restore, ipt.restore_lines
+    ipt.restore = lambda text: restore("".join(_tee(captured, [text])))  # type: ignore[method-assign]
+    ipt.restore_lines = lambda chunks: restore_lines(_tee(captured, chunks))  # type: ignore[method-assign]
     return IptablesProxier(ipt, CONFIG)
 
 

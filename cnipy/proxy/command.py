@@ -27,16 +27,12 @@ from cnipy.proxy.model import IPAddress, IPNetwork
 from cnipy.proxy.plan import DETECT_LOCAL_MODES, AnyNodeConfig, NodeConfig, interface_name_problem
 from cnipy.proxy.sync import Proxier
 
-# The proxiers each mode offers, by IP family.
-FAMILIES_OF_MODE = {"nftables": (4, 6), "iptables": (4, 6)}
+ALL_FAMILIES = (4, 6)  # both modes serve both; --cleanup removes the rules of both
 
 
 def make_proxier(mode: str, config: AnyNodeConfig | Sequence[AnyNodeConfig], iptables_backend: str = "nft") -> Proxier:
     """The proxier of one NodeConfig, or a MetaProxier over one per IP family."""
     configs = (config,) if isinstance(config, NodeConfig) else tuple(config)
-    for c in configs:
-        if c.ip_family not in FAMILIES_OF_MODE[mode]:
-            raise ProxyError(f"--mode {mode} does not serve IPv{c.ip_family}")
     if len(configs) > 1:
         from cnipy.proxy.dualstack import MetaProxier
         return MetaProxier({c.ip_family: make_proxier(mode, c, iptables_backend) for c in configs})
@@ -101,9 +97,7 @@ def check_detect_local(opts: dict[str, Any], fams: Sequence[int]) -> None:
         raise click.UsageError(f"--detect-local-mode {mode} needs {_option(needed)}")
     if mode == "NodeCIDR":
         nets = opts["pod_cidr"]
-        if stray := [str(n) for n in nets if n.version not in fams]:
-            raise click.UsageError(f"--pod-cidr {', '.join(stray)}: this proxy serves "
-                                   f"{' and '.join(f'IPv{f}' for f in fams)} only (see --cluster-cidr, --ip-family)")
+        _served_only("--pod-cidr", nets, fams)
         for f in fams:
             if (count := sum(n.version == f for n in nets)) != 1:
                 raise click.UsageError(f"--detect-local-mode NodeCIDR needs one --pod-cidr of each family served: "
@@ -113,10 +107,16 @@ def check_detect_local(opts: dict[str, Any], fams: Sequence[int]) -> None:
 _IP_FAMILIES: dict[str, tuple[int, ...]] = {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}
 
 
+def _served_only(option: str, nets: Sequence[IPNetwork], fams: Sequence[int]) -> None:
+    if stray := [str(n) for n in nets if n.version not in fams]:
+        raise click.UsageError(f"{option} {', '.join(stray)}: this proxy serves "
+                               f"{' and '.join(f'IPv{f}' for f in fams)} only (see --cluster-cidr, --ip-family)")
+
+
 def families(ip_family: str | None, cluster_cidrs: Sequence[IPNetwork], nodeport_addresses: Sequence[IPNetwork],
-             mode: str, service_cidrs: Sequence[IPNetwork] = ()) -> tuple[int, ...]:
+             service_cidrs: Sequence[IPNetwork] = ()) -> tuple[int, ...]:
     """The IP families to serve: those of the cluster CIDRs, else --ip-family's, else IPv4 (UsageError when the
-    options disagree or the mode cannot serve one)."""
+    options disagree)."""
     of_cidrs: tuple[int, ...] = tuple(sorted({n.version for n in cluster_cidrs}))
     if ip_family is None:
         fams = of_cidrs or (4,)
@@ -124,12 +124,8 @@ def families(ip_family: str | None, cluster_cidrs: Sequence[IPNetwork], nodeport
         fams = _IP_FAMILIES[ip_family]
         if stray := [str(n) for n in cluster_cidrs if n.version not in fams]:
             raise click.UsageError(f"--cluster-cidr {', '.join(stray)} is not of --ip-family {ip_family}")
-    for option, nets in (("--nodeport-address", nodeport_addresses), ("--service-cidr", service_cidrs)):
-        if stray := [str(n) for n in nets if n.version not in fams]:
-            raise click.UsageError(f"{option} {', '.join(stray)}: this proxy serves "
-                                   f"{' and '.join(f'IPv{f}' for f in fams)} only (see --cluster-cidr, --ip-family)")
-    if unserved := [f for f in fams if f not in FAMILIES_OF_MODE[mode]]:
-        raise click.UsageError(f"--mode {mode} does not serve IPv{unserved[0]}")
+    _served_only("--nodeport-address", nodeport_addresses, fams)
+    _served_only("--service-cidr", service_cidrs, fams)
     return fams
 
 
@@ -275,18 +271,17 @@ def _config(opts: dict[str, Any], family: int) -> AnyNodeConfig:
 
 
 def _run(opts: dict[str, Any]) -> None:
-    fams = families(opts["ip_family"], opts["cluster_cidr"], opts["nodeport_address"], opts["mode"],
-                    opts["service_cidr"])
+    fams = families(opts["ip_family"], opts["cluster_cidr"], opts["nodeport_address"], opts["service_cidr"])
     check_detect_local(opts, fams)
     if opts["localhost_nodeports"] and 4 not in fams:
         raise click.UsageError("--localhost-nodeports is IPv4 only (kube-proxy has no localhost NodePorts "
                                "for IPv6) and this proxy serves IPv6 only")
-    for tool in _tools(opts, FAMILIES_OF_MODE[opts["mode"]] if opts["cleanup"] else fams):
+    for tool in _tools(opts, ALL_FAMILIES if opts["cleanup"] else fams):
         if shutil.which(tool) is None:
             raise click.ClickException(f"{tool} is not installed (needed by --mode {opts['mode']})")
     if opts["cleanup"]:  # every family this mode has tables for, whatever the options say
-        make_proxier(opts["mode"], [NodeConfig(opts["node_name"], ip_family=f)
-                                    for f in FAMILIES_OF_MODE[opts["mode"]]], opts["iptables_backend"]).cleanup()
+        make_proxier(opts["mode"], [NodeConfig(opts["node_name"], ip_family=f) for f in ALL_FAMILIES],
+                     opts["iptables_backend"]).cleanup()
         return
     if opts["localhost_nodeports"] and 6 in fams:
         logging.getLogger("cnipy.proxy").info("--localhost-nodeports applies to IPv4 only (IPv6 has none)")

@@ -146,11 +146,6 @@ def ipv4_text(ip: IPAddress) -> str:
     return inet_ntoa(int(ip).to_bytes(4, "big"))
 
 
-def ip_text(ip: IPAddress) -> str:
-    """str(ip), the IPv4 fast path when it applies."""
-    return inet_ntoa(int(ip).to_bytes(4, "big")) if isinstance(ip, IPv4Address) else str(ip)
-
-
 class Backend(NamedTuple):
     """An endpoint address and port (a tuple: 100k of them are built per full sync of 10k services)."""
 
@@ -267,10 +262,6 @@ def _endpoints_for(sp: ServicePort, slices: Iterable[EndpointSlice], node: str,
 
 def _of(cls: type[IPAddress], addrs: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
     return tuple([a for a in addrs if isinstance(a, cls)]) if addrs else ()
-
-
-def _v4(addrs: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
-    return _of(IPv4Address, addrs)
 
 
 def plan_service(svc: Service, slices: Iterable[EndpointSlice], config: AnyNodeConfig) -> tuple[PortPlan, ...]:

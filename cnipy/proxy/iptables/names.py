@@ -37,16 +37,10 @@ def svc_chain(service_port_name: str, protocol: str) -> str:
     return "KUBE-SVC-" + port_proto_hash(service_port_name, protocol)
 
 
-def svl_chain(service_port_name: str, protocol: str) -> str:
-    return "KUBE-SVL-" + port_proto_hash(service_port_name, protocol)
-
-
-def ext_chain(service_port_name: str, protocol: str) -> str:
-    return "KUBE-EXT-" + port_proto_hash(service_port_name, protocol)
-
-
-def fw_chain(service_port_name: str, protocol: str) -> str:
-    return "KUBE-FW-" + port_proto_hash(service_port_name, protocol)
+def service_chains(service_port_name: str, protocol: str) -> tuple[str, str, str, str]:
+    """KUBE-SVC-, KUBE-SVL-, KUBE-EXT- and KUBE-FW- of one service port: one hash for the four."""
+    h = port_proto_hash(service_port_name, protocol)
+    return f"KUBE-SVC-{h}", f"KUBE-SVL-{h}", f"KUBE-EXT-{h}", f"KUBE-FW-{h}"
 
 
 def sep_chain(service_port_name: str, protocol: str, endpoint: str) -> str:

@@ -191,8 +191,7 @@ def port_rules(c: IptContribution, p: PortPlan, cfg: AnyNodeConfig) -> None:
     if p.health_check_node_port is not None:  # accepted whether or not this node has local endpoints
         c.filter_nodeports.append(f'-A {n.KUBE_NODEPORTS} -m comment --comment "{name} health check node port" '
                                   f"-m tcp -p tcp --dport {p.health_check_node_port} -j ACCEPT")
-    h = n.port_proto_hash(name, proto)
-    svc, svl, ext, fw = f"KUBE-SVC-{h}", f"KUBE-SVL-{h}", f"KUBE-EXT-{h}", f"KUBE-FW-{h}"
+    svc, svl, ext, fw = n.service_chains(name, proto)
     match = f"-m {proto} -p {proto}"
     internal_chain = svl if p.internal_local else svc
     internal = p.internal_backends

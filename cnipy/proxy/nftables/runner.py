@@ -102,15 +102,6 @@ class Nft:
         if rc != 0:
             raise ApplyError(f"nft -f failed (rc={rc}): {''.join(errors).strip()[:2000]}")
 
-    def run_text(self, text: str) -> None:
-        try:
-            proc = subprocess.run([*self.prefix, self.binary, "-f", "-"], input=text, text=True,
-                                  capture_output=True, timeout=self.timeout)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ApplyError(f"nft could not run: {exc}") from exc
-        if proc.returncode != 0:
-            raise ApplyError(f"nft -f failed (rc={proc.returncode}): {proc.stderr.strip()[:2000]}")
-
     def has_element(self, set_name: str, key: str) -> bool:
         proc = subprocess.run([*self.prefix, self.binary, "get", "element", self.family, self.table, set_name,
                                f"{{ {key} }}"], text=True, capture_output=True, timeout=self.timeout)

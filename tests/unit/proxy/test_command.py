@@ -103,15 +103,15 @@ def test_families_follow_the_cluster_cidrs_then_ip_family() -> None:
 
     from cnipy.proxy.command import families
     v4, v6 = ip_network("10.244.0.0/16"), ip_network("fd00:244::/48")
-    assert families(None, (), (), "nftables") == (4,)
-    assert families(None, (v6,), (), "nftables") == (6,)
-    assert families(None, (v6, v4), (), "nftables") == (4, 6)
-    assert families("dual", (), (), "nftables") == (4, 6)
-    assert families("dual", (v4,), (v6,), "nftables") == (4, 6)
-    assert families("ipv6", (), (), "nftables") == (6,)
-    assert families(None, (v4,), (), "iptables") == (4,)
-    assert families(None, (v6, v4), (), "iptables") == (4, 6)
-    assert families("ipv6", (), (), "iptables") == (6,)
+    assert families(None, (), ()) == (4,)
+    assert families(None, (v6,), ()) == (6,)
+    assert families(None, (v6, v4), ()) == (4, 6)
+    assert families("dual", (), ()) == (4, 6)
+    assert families("dual", (v4,), (v6,)) == (4, 6)
+    assert families("ipv6", (), ()) == (6,)
+    assert families(None, (v4,), ()) == (4,)
+    assert families(None, (v6, v4), ()) == (4, 6)
+    assert families("ipv6", (), ()) == (6,)
 
 
 def test_service_cidrs_go_to_the_config_of_their_family(monkeypatch: pytest.MonkeyPatch) -> None:
