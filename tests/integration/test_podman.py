@@ -213,7 +213,9 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 def test_two_containers_talk_over_a_cnipy_bridge(setup: Setup) -> None:
     s = setup
     server = f"cnfa{secrets.token_hex(3)}"
-    s.podman(*s.run_args(server, "-d"), "/bin/sh", "-c", "echo from-a | nc -l -p 8080")
+    # The server's stdin stays open for 2 s: with a bare "echo from-a | nc -l", nc could close on its stdin's end
+    # before the client's line arrived, and its log stayed empty.
+    s.podman(*s.run_args(server, "-d"), "/bin/sh", "-c", "(echo from-a; sleep 2) | nc -l -p 8080")
     ip_a = s.podman("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
                     server).stdout.strip()
     assert ipaddress.IPv4Address(ip_a) in s.subnet
